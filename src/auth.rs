@@ -1,0 +1,173 @@
+//! The user table for RFC 1929 username/password authentication.
+//!
+//! Loaded once at start-up and shared read-only by every worker (an `Arc`, no lock). Password
+//! checks run in constant time with respect to the password bytes, and an unknown user costs
+//! the same comparison as a known one, so timing reveals neither.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+
+/// Why a user definition was rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum UsersError {
+    /// A `NAME:PASS` entry without a colon or with an empty name.
+    #[error("{origin}: expected NAME:PASSWORD with a non-empty name")]
+    Malformed {
+        /// Where the entry came from (`--user` or `FILE:LINE`).
+        origin: String,
+    },
+    /// A name or password longer than RFC 1929 can carry (255 bytes).
+    #[error("{origin}: name and password must be at most 255 bytes (RFC 1929)")]
+    TooLong {
+        /// Where the entry came from.
+        origin: String,
+    },
+    /// The users file could not be read.
+    #[error("cannot read users file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// Usernames and their passwords. `Debug` never prints passwords.
+#[derive(Clone, Default)]
+pub struct Users {
+    table: HashMap<Box<[u8]>, Box<[u8]>>,
+}
+
+impl Users {
+    /// No users: the proxy is open (no authentication).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether any user is configured.
+    pub fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+
+    /// Number of users.
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// Adds or replaces a user from a `NAME:PASSWORD` string (the password may contain colons).
+    pub fn add_entry(&mut self, entry: &str, origin: &str) -> Result<(), UsersError> {
+        let (name, pass) = entry.split_once(':').ok_or_else(|| UsersError::Malformed {
+            origin: origin.to_owned(),
+        })?;
+        if name.is_empty() {
+            return Err(UsersError::Malformed {
+                origin: origin.to_owned(),
+            });
+        }
+        if name.len() > 255 || pass.len() > 255 {
+            return Err(UsersError::TooLong {
+                origin: origin.to_owned(),
+            });
+        }
+        self.table
+            .insert(name.as_bytes().into(), pass.as_bytes().into());
+        Ok(())
+    }
+
+    /// Loads a users file: one `NAME:PASSWORD` per line; blank lines and lines starting with
+    /// `#` are ignored.
+    pub fn load_file(&mut self, path: &Path) -> Result<(), UsersError> {
+        let text = std::fs::read_to_string(path).map_err(|source| UsersError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim_end_matches('\r');
+            if line.trim().is_empty() || line.trim_start().starts_with('#') {
+                continue;
+            }
+            self.add_entry(line, &format!("{}:{}", path.display(), i + 1))?;
+        }
+        Ok(())
+    }
+
+    /// Checks a username and password. Constant time in the password; an unknown user is
+    /// compared against a dummy so it takes as long as a wrong password.
+    pub fn verify(&self, username: &[u8], password: &[u8]) -> bool {
+        const DUMMY: &[u8] = &[0u8; 32];
+        match self.table.get(username) {
+            Some(expected) => constant_time_eq(expected, password),
+            None => {
+                let _ = constant_time_eq(DUMMY, password);
+                false
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Users {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<_> = self
+            .table
+            .keys()
+            .map(|k| String::from_utf8_lossy(k))
+            .collect();
+        f.debug_struct("Users")
+            .field("names", &names)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Compares two byte strings in time that depends only on their lengths.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    // Fold over the longer length so a short guess does not return early; the length
+    // difference is folded in too.
+    let n = a.len().max(b.len());
+    let mut diff = (a.len() ^ b.len()) as u8 | ((a.len() ^ b.len()) >> 8) as u8;
+    for i in 0..n {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0);
+        diff |= x ^ y;
+    }
+    // Keep the compiler from turning the loop into an early exit.
+    std::hint::black_box(diff) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verify() {
+        let mut u = Users::new();
+        u.add_entry("alice:pa:ss", "test").unwrap();
+        assert!(u.verify(b"alice", b"pa:ss"));
+        assert!(!u.verify(b"alice", b"pa:s"));
+        assert!(!u.verify(b"alice", b"pa:sss"));
+        assert!(!u.verify(b"alice", b""));
+        assert!(!u.verify(b"bob", b"pa:ss"));
+        assert!(!format!("{u:?}").contains("pa:ss"));
+    }
+
+    #[test]
+    fn malformed_entries() {
+        let mut u = Users::new();
+        assert!(matches!(u.add_entry("nocolon", "x"), Err(UsersError::Malformed { .. })));
+        assert!(matches!(u.add_entry(":pw", "x"), Err(UsersError::Malformed { .. })));
+        let long = format!("a:{}", "p".repeat(256));
+        assert!(matches!(u.add_entry(&long, "x"), Err(UsersError::TooLong { .. })));
+        assert!(u.is_empty());
+    }
+
+    #[test]
+    fn file_with_comments_and_line_numbers() {
+        let dir = std::env::temp_dir().join(format!("ringsocks-users-{}", std::process::id()));
+        std::fs::write(&dir, "# users\n\nalice:one\r\nbad line\n").unwrap();
+        let mut u = Users::new();
+        let err = u.load_file(&dir).unwrap_err().to_string();
+        assert!(err.ends_with(":4: expected NAME:PASSWORD with a non-empty name"), "{err}");
+        assert!(u.verify(b"alice", b"one"));
+        std::fs::remove_file(&dir).unwrap();
+    }
+}

@@ -1,0 +1,449 @@
+//! Settings: the `serve` command line, the TOML config file, and the resolved [`Config`].
+//!
+//! Every setting can come from either place; a flag given on the command line wins over the
+//! file, and the file wins over the built-in default. Defaults are the safe ones: listen on
+//! 127.0.0.1:1080 only, and refuse to run an open proxy on a non-loopback address.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::auth::{Users, UsersError};
+
+/// Default listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:1080";
+
+/// Which I/O runtime the workers use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeChoice {
+    /// io_uring when the kernel allows it, else epoll.
+    Auto,
+    /// io_uring (tokio-uring); fail if unavailable.
+    Uring,
+    /// epoll (tokio).
+    Epoll,
+}
+
+/// `ringsocks serve` flags. Every flag is optional so that the config file can supply it.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on (repeatable; IPv4 or IPv6, e.g. `[::1]:1080`) [default: 127.0.0.1:1080]
+    #[arg(short, long = "listen", value_name = "ADDR")]
+    pub listen: Vec<SocketAddr>,
+    /// Worker threads, each pinned to a core with its own listener and runtime [default: usable CPUs]
+    #[arg(short, long)]
+    pub threads: Option<usize>,
+    /// Listen backlog per worker listener [default: 4096]
+    #[arg(long)]
+    pub backlog: Option<u32>,
+    /// A user as NAME:PASSWORD (repeatable); with users, SOCKS5 requires RFC 1929 auth
+    #[arg(short, long = "user", value_name = "NAME:PASS")]
+    pub user: Vec<String>,
+    /// File of NAME:PASSWORD lines ('#' starts a comment)
+    #[arg(long, value_name = "FILE")]
+    pub users: Option<PathBuf>,
+    /// TOML config file with the same settings (command-line flags win)
+    #[arg(short, long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Log filter: error, warn, info, debug, trace, or a tracing directive [default: info]
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+    /// Serve without authentication on a non-loopback address
+    #[arg(long)]
+    pub allow_open: bool,
+    /// Accept SOCKS4/4a (no password) even when users are configured
+    #[arg(long)]
+    pub allow_socks4: bool,
+    /// I/O runtime [default: auto]
+    #[arg(long, value_enum)]
+    pub runtime: Option<RuntimeChoice>,
+    /// Time a client has to finish the SOCKS handshake (e.g. 10s, 500ms) [default: 10s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub handshake_timeout: Option<Duration>,
+    /// Time to connect to a destination, all addresses together [default: 10s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub connect_timeout: Option<Duration>,
+    /// Close a tunnel with no traffic either way for this long; 0 disables [default: 1h]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub idle_timeout: Option<Duration>,
+    /// On SIGINT/SIGTERM, let tunnels finish for this long before closing them [default: 30s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub drain_timeout: Option<Duration>,
+    /// Source address for outbound connections (uses IP_BIND_ADDRESS_NO_PORT)
+    #[arg(long, value_name = "IP")]
+    pub egress_ip: Option<IpAddr>,
+    /// Relay buffer per direction, in bytes [default: 65536]
+    #[arg(long, value_name = "BYTES")]
+    pub buffer_size: Option<usize>,
+    /// Happy Eyeballs connection attempt delay (RFC 8305) [default: 250ms]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub happy_eyeballs_delay: Option<Duration>,
+}
+
+/// The TOML file. Keys match the long flags with `_` for `-`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    listen: Option<Vec<SocketAddr>>,
+    threads: Option<usize>,
+    backlog: Option<u32>,
+    /// `users = { alice = "secret" }`
+    users: Option<std::collections::BTreeMap<String, String>>,
+    users_file: Option<PathBuf>,
+    log_level: Option<String>,
+    allow_open: Option<bool>,
+    allow_socks4: Option<bool>,
+    runtime: Option<RuntimeChoice>,
+    handshake_timeout: Option<DurationValue>,
+    connect_timeout: Option<DurationValue>,
+    idle_timeout: Option<DurationValue>,
+    drain_timeout: Option<DurationValue>,
+    egress_ip: Option<IpAddr>,
+    buffer_size: Option<usize>,
+    happy_eyeballs_delay: Option<DurationValue>,
+}
+
+/// A duration in the file: a number of seconds or a string with a unit.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(try_from = "toml::Value")]
+struct DurationValue(Duration);
+
+impl TryFrom<toml::Value> for DurationValue {
+    type Error = String;
+    fn try_from(v: toml::Value) -> Result<Self, String> {
+        match v {
+            toml::Value::Integer(s) if s >= 0 => Ok(DurationValue(Duration::from_secs(s as u64))),
+            toml::Value::Float(s) if s >= 0.0 && s.is_finite() => {
+                Ok(DurationValue(Duration::from_secs_f64(s)))
+            }
+            toml::Value::String(s) => parse_duration(&s).map(DurationValue),
+            other => Err(format!("expected a duration like 10 or \"10s\", got {other}")),
+        }
+    }
+}
+
+/// Fully resolved settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Listen addresses.
+    pub listen: Vec<SocketAddr>,
+    /// Worker threads.
+    pub threads: usize,
+    /// Backlog of each listener.
+    pub backlog: u32,
+    /// Users; empty means no authentication.
+    pub users: Users,
+    /// Log filter.
+    pub log_level: String,
+    /// Open proxy on a public address explicitly allowed.
+    pub allow_open: bool,
+    /// SOCKS4 accepted even with users configured.
+    pub allow_socks4: bool,
+    /// Runtime choice.
+    pub runtime: RuntimeChoice,
+    /// Handshake deadline.
+    pub handshake_timeout: Duration,
+    /// Connect deadline (all addresses).
+    pub connect_timeout: Duration,
+    /// Idle deadline; `None` disables it.
+    pub idle_timeout: Option<Duration>,
+    /// Shutdown drain deadline.
+    pub drain_timeout: Duration,
+    /// Outbound source address.
+    pub egress_ip: Option<IpAddr>,
+    /// Relay buffer per direction.
+    pub buffer_size: usize,
+    /// RFC 8305 connection attempt delay.
+    pub happy_eyeballs_delay: Duration,
+}
+
+/// Why settings were rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML for these settings.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// A bad user entry.
+    #[error(transparent)]
+    Users(#[from] UsersError),
+    /// A value out of range.
+    #[error("{0}")]
+    Invalid(String),
+    /// An open proxy on a non-loopback address without `--allow-open`.
+    #[error(
+        "refusing to run an open proxy on {0}: without users anyone who can reach that address \
+         can relay traffic through this host. Configure users (--user NAME:PASS or --users FILE), \
+         listen on loopback, or pass --allow-open if an open proxy is really intended"
+    )]
+    OpenProxy(SocketAddr),
+}
+
+impl Config {
+    /// Resolves flags, the config file they name (if any) and defaults.
+    pub fn from_args(args: &ServeArgs) -> Result<Config, ConfigError> {
+        let file = match &args.config {
+            Some(path) => FileConfig::load(path)?,
+            None => FileConfig::default(),
+        };
+        Self::resolve(args, file)
+    }
+
+    fn resolve(args: &ServeArgs, file: FileConfig) -> Result<Config, ConfigError> {
+        let listen = if !args.listen.is_empty() {
+            args.listen.clone()
+        } else {
+            file.listen
+                .unwrap_or_else(|| vec![DEFAULT_LISTEN.parse().expect("valid default")])
+        };
+        if listen.is_empty() {
+            return Err(ConfigError::Invalid("no listen address".into()));
+        }
+
+        let mut users = Users::new();
+        if let Some(map) = &file.users {
+            for (name, pass) in map {
+                users.add_entry(&format!("{name}:{pass}"), "config users")?;
+            }
+        }
+        if let Some(path) = args.users.as_ref().or(file.users_file.as_ref()) {
+            users.load_file(path)?;
+        }
+        for u in &args.user {
+            users.add_entry(u, "--user")?;
+        }
+
+        let threads = args
+            .threads
+            .or(file.threads)
+            .unwrap_or_else(default_threads);
+        if threads == 0 || threads > 1024 {
+            return Err(ConfigError::Invalid(format!(
+                "threads must be between 1 and 1024, got {threads}"
+            )));
+        }
+        let buffer_size = args.buffer_size.or(file.buffer_size).unwrap_or(64 * 1024);
+        if !(512..=16 << 20).contains(&buffer_size) {
+            return Err(ConfigError::Invalid(format!(
+                "buffer_size must be between 512 bytes and 16 MiB, got {buffer_size}"
+            )));
+        }
+        let dur = |a: Option<Duration>, f: Option<DurationValue>, d: Duration| {
+            a.or(f.map(|v| v.0)).unwrap_or(d)
+        };
+        let handshake_timeout = dur(
+            args.handshake_timeout,
+            file.handshake_timeout,
+            Duration::from_secs(10),
+        );
+        let connect_timeout = dur(
+            args.connect_timeout,
+            file.connect_timeout,
+            Duration::from_secs(10),
+        );
+        for (name, d) in [
+            ("handshake_timeout", handshake_timeout),
+            ("connect_timeout", connect_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::Invalid(format!("{name} must be positive")));
+            }
+        }
+        let idle = dur(
+            args.idle_timeout,
+            file.idle_timeout,
+            Duration::from_secs(3600),
+        );
+
+        let config = Config {
+            listen,
+            threads,
+            backlog: args.backlog.or(file.backlog).unwrap_or(4096).max(1),
+            users,
+            log_level: args
+                .log_level
+                .clone()
+                .or(file.log_level)
+                .unwrap_or_else(|| "info".into()),
+            allow_open: args.allow_open || file.allow_open.unwrap_or(false),
+            allow_socks4: args.allow_socks4 || file.allow_socks4.unwrap_or(false),
+            runtime: args.runtime.or(file.runtime).unwrap_or(RuntimeChoice::Auto),
+            handshake_timeout,
+            connect_timeout,
+            idle_timeout: (!idle.is_zero()).then_some(idle),
+            drain_timeout: dur(
+                args.drain_timeout,
+                file.drain_timeout,
+                Duration::from_secs(30),
+            ),
+            egress_ip: args.egress_ip.or(file.egress_ip),
+            buffer_size,
+            happy_eyeballs_delay: dur(
+                args.happy_eyeballs_delay,
+                file.happy_eyeballs_delay,
+                Duration::from_millis(250),
+            ),
+        };
+        config.check_open_proxy()?;
+        Ok(config)
+    }
+
+    /// An open proxy is only allowed on loopback unless explicitly requested.
+    fn check_open_proxy(&self) -> Result<(), ConfigError> {
+        if !self.users.is_empty() || self.allow_open {
+            return Ok(());
+        }
+        match self.listen.iter().find(|a| !is_loopback(a.ip())) {
+            Some(a) => Err(ConfigError::OpenProxy(*a)),
+            None => Ok(()),
+        }
+    }
+}
+
+impl FileConfig {
+    /// Reads and parses a TOML config file.
+    pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.display().to_string(),
+            message,
+        })
+    }
+
+    /// Parses TOML text; errors carry line and column.
+    pub fn parse(text: &str) -> Result<FileConfig, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+}
+
+fn is_loopback(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v| v.is_loopback()),
+    }
+}
+
+/// Usable CPUs: the affinity mask this process may run on.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// Parses `10`, `10s`, `250ms`, `2m`, `1h` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n = f64::from_str(num).map_err(|_| format!("invalid duration {s:?}"))?;
+    let secs = match unit.trim() {
+        "" | "s" => n,
+        "ms" => n / 1e3,
+        "us" => n / 1e6,
+        "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
+        other => return Err(format!("unknown duration unit {other:?} in {s:?}")),
+    };
+    if !secs.is_finite() || secs < 0.0 || secs > 1e9 {
+        return Err(format!("duration out of range: {s:?}"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn defaults_are_safe() {
+        let c = Config::resolve(&ServeArgs::default(), FileConfig::default()).unwrap();
+        assert_eq!(c.listen, vec![DEFAULT_LISTEN.parse::<SocketAddr>().unwrap()]);
+        assert_eq!(c.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(c.backlog, 4096);
+        assert!(c.users.is_empty());
+    }
+
+    #[test]
+    fn open_proxy_on_public_address_needs_flag() {
+        let mut a = ServeArgs {
+            listen: vec!["0.0.0.0:1080".parse().unwrap()],
+            ..Default::default()
+        };
+        let e = Config::resolve(&a, FileConfig::default()).unwrap_err();
+        assert!(matches!(e, ConfigError::OpenProxy(_)), "{e}");
+        assert!(e.to_string().contains("--allow-open"));
+        a.allow_open = true;
+        assert!(Config::resolve(&a, FileConfig::default()).is_ok());
+        a.allow_open = false;
+        a.user = vec!["u:p".into()];
+        assert!(Config::resolve(&a, FileConfig::default()).is_ok());
+        let v6 = ServeArgs {
+            listen: vec!["[::1]:1080".parse().unwrap()],
+            ..Default::default()
+        };
+        assert!(Config::resolve(&v6, FileConfig::default()).is_ok());
+    }
+
+    #[test]
+    fn file_values_and_flag_precedence() {
+        let file = FileConfig::parse(
+            r#"
+            listen = ["127.0.0.1:2000", "[::1]:2000"]
+            threads = 3
+            handshake_timeout = "3s"
+            idle_timeout = 0
+            users = { alice = "pw" }
+            "#,
+        )
+        .unwrap();
+        let args = ServeArgs {
+            threads: Some(2),
+            ..Default::default()
+        };
+        let c = Config::resolve(&args, file).unwrap();
+        assert_eq!(c.listen.len(), 2);
+        assert_eq!(c.threads, 2);
+        assert_eq!(c.handshake_timeout, Duration::from_secs(3));
+        assert_eq!(c.idle_timeout, None);
+        assert!(c.users.verify(b"alice", b"pw"));
+    }
+
+    #[test]
+    fn file_errors_name_the_line() {
+        let e = FileConfig::parse("threads = 2\nlisen = []\n").unwrap_err();
+        assert!(e.contains("line 2"), "{e}");
+        let e = FileConfig::parse("handshake_timeout = \"x\"\n").unwrap_err();
+        assert!(e.contains("invalid duration"), "{e}");
+    }
+}

@@ -35,8 +35,11 @@ impl TargetAddr {
     pub fn encoded_len(&self) -> usize {
         match self {
             TargetAddr::Ip(SocketAddr::V4(_)) => 1 + 4 + 2,
+            // Written as IPv4 by `encode_socket_addr`.
+            TargetAddr::Ip(SocketAddr::V6(a)) if a.ip().to_ipv4_mapped().is_some() => 1 + 4 + 2,
             TargetAddr::Ip(SocketAddr::V6(_)) => 1 + 16 + 2,
-            TargetAddr::Domain(d, _) => 1 + 1 + d.len() + 2,
+            // Truncated to 255 bytes by `encode`.
+            TargetAddr::Domain(d, _) => 1 + 1 + d.len().min(255) + 2,
         }
     }
 
@@ -182,8 +185,14 @@ mod tests {
         a.encode(&mut out);
         assert_eq!(&out[..2], &[0x03, 11]);
         assert_eq!(TargetAddr::parse(&out), Ok(Some((a, 15))));
-        assert_eq!(TargetAddr::parse(&[0x03, 0, 0, 80]), Err(ProtoError::BadDomain));
-        assert_eq!(TargetAddr::parse(&[0x03, 2, b'a', 0, 0, 80]), Err(ProtoError::BadDomain));
+        assert_eq!(
+            TargetAddr::parse(&[0x03, 0, 0, 80]),
+            Err(ProtoError::BadDomain)
+        );
+        assert_eq!(
+            TargetAddr::parse(&[0x03, 2, b'a', 0, 0, 80]),
+            Err(ProtoError::BadDomain)
+        );
         assert_eq!(
             TargetAddr::parse(&[0x05, 0, 0]),
             Err(ProtoError::UnknownAddressType(0x05))
@@ -195,5 +204,49 @@ mod tests {
         let mut out = Vec::new();
         encode_socket_addr(&"[::ffff:10.0.0.1]:5".parse().unwrap(), &mut out);
         assert_eq!(out, [0x01, 10, 0, 0, 1, 0, 5]);
+    }
+
+    /// Regression: `encoded_len` said 19 for an IPv4-mapped IPv6 address (written as 7 bytes)
+    /// and counted the untruncated length of an over-long domain.
+    #[test]
+    fn encoded_len_matches_encode() {
+        let long = "a".repeat(300);
+        for a in [
+            TargetAddr::Ip("[::ffff:10.0.0.1]:5".parse().unwrap()),
+            TargetAddr::Ip("[::1]:5".parse().unwrap()),
+            TargetAddr::Ip("10.0.0.1:5".parse().unwrap()),
+            TargetAddr::Domain("x".into(), 1),
+            TargetAddr::Domain(long, 1),
+        ] {
+            let mut out = Vec::new();
+            a.encode(&mut out);
+            assert_eq!(out.len(), a.encoded_len(), "{a}");
+        }
+    }
+
+    #[test]
+    fn port_display_and_from() {
+        let a = TargetAddr::from("[::1]:8080".parse::<SocketAddr>().unwrap());
+        assert_eq!((a.port(), a.to_string()), (8080, "[::1]:8080".to_string()));
+        let d = TargetAddr::Domain("example.com".into(), 443);
+        assert_eq!((d.port(), d.to_string()), (443, "example.com:443".to_string()));
+    }
+
+    #[test]
+    fn domain_partial_and_validation() {
+        let enc = b"\x03\x0bexample.com\x01\xbb";
+        for n in 0..enc.len() {
+            assert_eq!(TargetAddr::parse(&enc[..n]), Ok(None), "prefix {n}");
+        }
+        // Control bytes, spaces, DEL and non-ASCII are rejected; the whole field is awaited.
+        for bad in [b' ', 0x7f, 0x80, 0xff, b'\n'] {
+            let buf = [0x03, 3, b'a', bad, b'b', 0, 80];
+            assert_eq!(TargetAddr::parse(&buf[..6]), Ok(None));
+            assert_eq!(TargetAddr::parse(&buf), Err(ProtoError::BadDomain));
+        }
+        let mut max = vec![0x03, 255];
+        max.extend(std::iter::repeat(b'z').take(255));
+        max.extend_from_slice(&[0, 80]);
+        assert_eq!(TargetAddr::parse(&max).unwrap().unwrap().1, 259);
     }
 }

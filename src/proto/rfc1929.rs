@@ -61,7 +61,11 @@ pub fn encode_request(username: &[u8], password: &[u8], out: &mut Vec<u8>) {
 
 /// Appends the server's response: VER, STATUS.
 pub fn encode_response(success: bool, out: &mut Vec<u8>) {
-    let status = if success { STATUS_SUCCESS } else { STATUS_FAILURE };
+    let status = if success {
+        STATUS_SUCCESS
+    } else {
+        STATUS_FAILURE
+    };
     out.extend_from_slice(&[VERSION, status]);
 }
 
@@ -96,8 +100,14 @@ mod tests {
     fn empty_password_is_allowed_empty_user_is_not() {
         let (r, _) = parse_request(b"\x01\x01a\x00").unwrap().unwrap();
         assert_eq!(r.password, b"");
-        assert_eq!(parse_request(b"\x01\x00\x01p"), Err(ProtoError::EmptyUsername));
-        assert_eq!(parse_request(b"\x05\x01a\x00"), Err(ProtoError::BadAuthVersion(5)));
+        assert_eq!(
+            parse_request(b"\x01\x00\x01p"),
+            Err(ProtoError::EmptyUsername)
+        );
+        assert_eq!(
+            parse_request(b"\x05\x01a\x00"),
+            Err(ProtoError::BadAuthVersion(5))
+        );
     }
 
     #[test]

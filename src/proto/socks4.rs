@@ -77,11 +77,12 @@ pub fn parse_request(buf: &[u8]) -> Parsed<Request> {
     let port = u16::from_be_bytes([head[2], head[3]]);
     let ip = Ipv4Addr::new(head[4], head[5], head[6], head[7]);
 
-    let (userid, after_user) = match nul_terminated(&buf[8..])? {
+    let (user, after_user) = match nul_terminated(&buf[8..])? {
         None => return Ok(None),
         Some((field, n)) => (field, 8 + n),
     };
-    let userid = String::from_utf8_lossy(userid).into_owned();
+    // USERID is decoded (and allocated) only once the whole request is here, so a SOCKS4a
+    // request trickling in allocates nothing on the attempts that return `None`.
 
     // SOCKS4a: 0.0.0.x with x non-zero means "a host name follows".
     let o = ip.octets();
@@ -91,12 +92,28 @@ pub fn parse_request(buf: &[u8]) -> Parsed<Request> {
             Some((host, n)) => {
                 let host = domain(host)?;
                 let target = TargetAddr::Domain(host, port);
-                Ok(Some((Request { command, target, userid }, after_user + n)))
+                let userid = String::from_utf8_lossy(user).into_owned();
+                Ok(Some((
+                    Request {
+                        command,
+                        target,
+                        userid,
+                    },
+                    after_user + n,
+                )))
             }
         };
     }
     let target = TargetAddr::Ip(SocketAddr::V4(SocketAddrV4::new(ip, port)));
-    Ok(Some((Request { command, target, userid }, after_user)))
+    let userid = String::from_utf8_lossy(user).into_owned();
+    Ok(Some((
+        Request {
+            command,
+            target,
+            userid,
+        },
+        after_user,
+    )))
 }
 
 fn check_head(version: u8, cd: u8) -> Result<Command, ProtoError> {
@@ -179,7 +196,13 @@ pub fn parse_reply(buf: &[u8]) -> Parsed<Reply> {
     let code = ReplyCode4::from_u8(b[1]).ok_or(ProtoError::BadReply)?;
     let port = u16::from_be_bytes([b[2], b[3]]);
     let ip = Ipv4Addr::new(b[4], b[5], b[6], b[7]);
-    Ok(Some((Reply { code, bound: SocketAddrV4::new(ip, port) }, 8)))
+    Ok(Some((
+        Reply {
+            code,
+            bound: SocketAddrV4::new(ip, port),
+        },
+        8,
+    )))
 }
 
 #[cfg(test)]
@@ -215,13 +238,22 @@ mod tests {
 
     #[test]
     fn errors() {
-        assert_eq!(parse_request(b"\x04\x03"), Err(ProtoError::UnknownCommand(3)));
-        assert_eq!(parse_request(b"\x05\x01"), Err(ProtoError::UnsupportedVersion(5)));
+        assert_eq!(
+            parse_request(b"\x04\x03"),
+            Err(ProtoError::UnknownCommand(3))
+        );
+        assert_eq!(
+            parse_request(b"\x05\x01"),
+            Err(ProtoError::UnsupportedVersion(5))
+        );
         let mut long = b"\x04\x01\x00\x50\x01\x02\x03\x04".to_vec();
         long.extend(std::iter::repeat(b'a').take(MAX_FIELD));
         assert_eq!(parse_request(&long), Ok(None));
         long.push(b'a');
-        assert_eq!(parse_request(&long), Err(ProtoError::FieldTooLong(MAX_FIELD)));
+        assert_eq!(
+            parse_request(&long),
+            Err(ProtoError::FieldTooLong(MAX_FIELD))
+        );
     }
 
     #[test]
@@ -234,7 +266,10 @@ mod tests {
             encode_request(Command::Bind, &t, b"u", &mut out);
             let (r, n) = parse_request(&out).unwrap().unwrap();
             assert_eq!(n, out.len());
-            assert_eq!((r.command, r.target, r.userid.as_str()), (Command::Bind, t, "u"));
+            assert_eq!(
+                (r.command, r.target, r.userid.as_str()),
+                (Command::Bind, t, "u")
+            );
         }
         for code in [
             ReplyCode4::Granted,
@@ -249,6 +284,9 @@ mod tests {
             assert_eq!(r.code, code);
         }
         assert_eq!(ReplyCode4::from(ReplyCode::Succeeded), ReplyCode4::Granted);
-        assert_eq!(ReplyCode4::from(ReplyCode::ConnectionRefused), ReplyCode4::Rejected);
+        assert_eq!(
+            ReplyCode4::from(ReplyCode::ConnectionRefused),
+            ReplyCode4::Rejected
+        );
     }
 }

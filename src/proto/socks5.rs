@@ -171,7 +171,10 @@ mod tests {
         assert_eq!(parse_greeting(&[5]), Ok(None));
         assert_eq!(parse_greeting(&[5, 2, 0]), Ok(None));
         assert_eq!(parse_greeting(&[5, 0]), Err(ProtoError::NoMethods));
-        assert_eq!(parse_greeting(&[4, 1, 0]), Err(ProtoError::UnsupportedVersion(4)));
+        assert_eq!(
+            parse_greeting(&[4, 1, 0]),
+            Err(ProtoError::UnsupportedVersion(4))
+        );
         let (m, n) = parse_greeting(&[5, 2, 0, 2, 0xAA]).unwrap().unwrap();
         assert_eq!(n, 4);
         assert!(m.contains(0) && m.contains(2) && !m.contains(1) && !m.contains(0xAA));
@@ -200,11 +203,23 @@ mod tests {
         }
         assert_eq!(parse_request(&[5, 2, 0, 1]).unwrap(), None);
         assert_eq!(parse_request(&[5, 3, 0, 4]).unwrap(), None);
-        assert_eq!(parse_request(&[5, 9, 0, 1]), Err(ProtoError::UnknownCommand(9)));
-        assert_eq!(parse_request(&[5, 1, 0, 9]), Err(ProtoError::UnknownAddressType(9)));
+        assert_eq!(
+            parse_request(&[5, 9, 0, 1]),
+            Err(ProtoError::UnknownCommand(9))
+        );
+        assert_eq!(
+            parse_request(&[5, 1, 0, 9]),
+            Err(ProtoError::UnknownAddressType(9))
+        );
         assert_eq!(parse_request(&[5, 1, 0, 3, 0]), Err(ProtoError::BadDomain));
-        assert_eq!(parse_request(&[4, 1, 0, 1]), Err(ProtoError::BadRequestVersion(4)));
-        assert_eq!(parse_request(&[5, 1, 7, 1]), Err(ProtoError::BadReserved(7)));
+        assert_eq!(
+            parse_request(&[4, 1, 0, 1]),
+            Err(ProtoError::BadRequestVersion(4))
+        );
+        assert_eq!(
+            parse_request(&[5, 1, 7, 1]),
+            Err(ProtoError::BadReserved(7))
+        );
     }
 
     #[test]
@@ -214,7 +229,13 @@ mod tests {
         encode_request(Command::UdpAssociate, &t, &mut out);
         let (r, n) = parse_request(&out).unwrap().unwrap();
         assert_eq!(n, out.len());
-        assert_eq!(r, Request { command: Command::UdpAssociate, target: t });
+        assert_eq!(
+            r,
+            Request {
+                command: Command::UdpAssociate,
+                target: t
+            }
+        );
     }
 
     #[test]

@@ -1,1 +1,248 @@
+//! The thread-per-core server: start-up (limits, runtime choice, listeners), one pinned
+//! worker per core, and graceful shutdown on SIGINT/SIGTERM.
 
+pub mod connect;
+pub mod listener;
+pub mod net;
+pub mod relay;
+pub mod resolve;
+pub mod session;
+pub mod worker;
+
+use std::io;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use crate::config::{Config, RuntimeChoice};
+
+/// Submission queue entries per worker ring.
+const SQ_ENTRIES: u32 = 4096;
+/// Completion queue entries per worker ring (a tunnel keeps up to four operations in flight).
+const CQ_ENTRIES: u32 = 65536;
+
+/// Which runtime the workers run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuntimeKind {
+    /// tokio-uring.
+    Uring,
+    /// tokio (epoll).
+    Epoll,
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// A listen address could not be bound.
+    #[error("cannot listen: {0}")]
+    Listen(io::Error),
+    /// `--runtime uring` was requested where io_uring is unavailable.
+    #[error("io_uring unavailable: {0} (use --runtime auto or epoll)")]
+    UringUnavailable(String),
+    /// A worker thread could not be started.
+    #[error("cannot start worker thread: {0}")]
+    Spawn(io::Error),
+    /// The signal handler could not be set up.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(io::Error),
+}
+
+/// Picks the runtime, logging why when io_uring cannot be used.
+pub fn choose_runtime(choice: RuntimeChoice) -> Result<RuntimeKind, ServerError> {
+    match choice {
+        RuntimeChoice::Epoll => Ok(RuntimeKind::Epoll),
+        RuntimeChoice::Uring => match net::uring::unavailable_reason() {
+            None => Ok(RuntimeKind::Uring),
+            Some(why) => Err(ServerError::UringUnavailable(why)),
+        },
+        RuntimeChoice::Auto => match net::uring::unavailable_reason() {
+            None => Ok(RuntimeKind::Uring),
+            Some(why) => {
+                warn!("io_uring unavailable ({why}); falling back to the epoll runtime");
+                Ok(RuntimeKind::Epoll)
+            }
+        },
+    }
+}
+
+/// Runs the server until SIGINT or SIGTERM, then drains and returns.
+pub fn run(config: Config) -> Result<(), ServerError> {
+    let (tx, rx) = watch::channel(false);
+    let signals = spawn_signal_thread(tx)?;
+    let result = serve(config, rx, |addrs| {
+        for a in addrs {
+            info!("listening on {a}");
+        }
+    });
+    drop(signals);
+    result
+}
+
+/// Starts the workers and blocks until `shutdown` flips to true and they have drained.
+/// `on_ready` is called with the bound addresses (useful when a port was 0).
+pub fn serve(
+    config: Config,
+    shutdown: watch::Receiver<bool>,
+    on_ready: impl FnOnce(&[std::net::SocketAddr]),
+) -> Result<(), ServerError> {
+    let nofile = raise_nofile_limit();
+    let kind = choose_runtime(config.runtime)?;
+    let threads = config.threads;
+    let per_worker =
+        listener::bind_all(&config.listen, threads, config.backlog).map_err(ServerError::Listen)?;
+    let bound: Vec<_> = per_worker[0].iter().filter_map(|l| l.local_addr().ok()).collect();
+    info!(
+        runtime = ?kind,
+        threads,
+        nofile,
+        "ringsocks {} starting: about {} concurrent tunnels fit in the descriptor limit",
+        env!("CARGO_PKG_VERSION"),
+        nofile.saturating_sub(64) / 2,
+    );
+    if config.users.is_empty() {
+        info!("no users configured: SOCKS5 without authentication, SOCKS4/4a accepted");
+    } else {
+        info!(users = config.users.len(), "username/password authentication required");
+    }
+
+    let config = Arc::new(config);
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let (done_tx, done_rx) = mpsc::channel::<(usize, usize)>();
+    let mut handles = Vec::with_capacity(threads);
+    for (id, listeners) in per_worker.into_iter().enumerate() {
+        let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
+        let config = config.clone();
+        let shutdown = shutdown.clone();
+        let done_tx = done_tx.clone();
+        let h = std::thread::Builder::new()
+            .name(format!("ringsocks-w{id}"))
+            .spawn(move || {
+                if let Some(core) = core {
+                    if !core_affinity::set_for_current(core) {
+                        warn!(worker = id, "could not pin to core {}", core.id);
+                    }
+                }
+                let result = match kind {
+                    RuntimeKind::Uring => net::uring::block_on(
+                        SQ_ENTRIES,
+                        CQ_ENTRIES,
+                        worker::run::<net::uring::Uring>(id, config, listeners, shutdown),
+                    )
+                    .and_then(|r| r),
+                    RuntimeKind::Epoll => epoll_block_on(worker::run::<net::epoll::Epoll>(
+                        id, config, listeners, shutdown,
+                    )),
+                };
+                let left = match result {
+                    Ok(left) => left,
+                    Err(e) => {
+                        error!(worker = id, "worker failed: {e}");
+                        0
+                    }
+                };
+                let _ = done_tx.send((id, left));
+            })
+            .map_err(ServerError::Spawn)?;
+        handles.push(h);
+    }
+    drop(done_tx);
+    on_ready(&bound);
+
+    // Wait for every worker to report, then join them. A worker only returns after shutdown
+    // was requested and its drain finished (or if it failed, which was logged).
+    let mut left = 0;
+    let mut reported = 0;
+    let mut deadline: Option<Instant> = None;
+    while reported < handles.len() {
+        let wait = match deadline {
+            Some(d) => d.saturating_duration_since(Instant::now()),
+            None => Duration::from_millis(200),
+        };
+        match done_rx.recv_timeout(wait) {
+            Ok((_, n)) => {
+                reported += 1;
+                left += n;
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    warn!("workers did not stop in time; exiting");
+                    return Ok(());
+                }
+                if deadline.is_none() && *shutdown.borrow() {
+                    deadline = Some(Instant::now() + config.drain_timeout + Duration::from_secs(5));
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    for h in handles {
+        let _ = h.join();
+    }
+    if left > 0 {
+        info!(tunnels = left, "drain deadline passed; closing remaining tunnels");
+    }
+    info!("stopped");
+    Ok(())
+}
+
+fn epoll_block_on<F: std::future::Future<Output = io::Result<usize>>>(fut: F) -> io::Result<usize> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, fut)
+}
+
+/// Waits for SIGINT or SIGTERM on a small thread of its own and flips `tx`.
+fn spawn_signal_thread(tx: watch::Sender<bool>) -> Result<std::thread::JoinHandle<()>, ServerError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(ServerError::Signals)?;
+    // Register before returning so a signal arriving right after start-up is not missed.
+    let (mut int, mut term) = rt
+        .block_on(async {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok::<_, io::Error>((signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?))
+        })
+        .map_err(ServerError::Signals)?;
+    std::thread::Builder::new()
+        .name("ringsocks-signals".into())
+        .spawn(move || {
+            rt.block_on(async {
+                tokio::select! {
+                    _ = int.recv() => info!("SIGINT: stopping"),
+                    _ = term.recv() => info!("SIGTERM: stopping"),
+                }
+            });
+            let _ = tx.send(true);
+        })
+        .map_err(ServerError::Spawn)
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit and returns the result: each tunnel costs
+/// two descriptors.
+fn raise_nofile_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // Safety: getrlimit/setrlimit with a pointer to a live rlimit struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let want = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+    }
+    lim.rlim_cur
+}

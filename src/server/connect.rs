@@ -1,0 +1,196 @@
+//! Outbound connections: a plain non-blocking `connect()` per address (no bind-before-connect,
+//! which exhausts ephemeral ports under load; with an egress address, IP_BIND_ADDRESS_NO_PORT
+//! defers the port choice to connect time), and Happy Eyeballs across every address
+//! (RFC 8305 section 5): start the next attempt when the previous one fails or after the
+//! connection attempt delay, keep earlier attempts running, take the first to succeed.
+
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, Shutdown, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::Poll;
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+use super::net::{shutdown_fd, Net};
+
+/// How to connect.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectOptions {
+    /// Source address for outbound sockets.
+    pub egress_ip: Option<IpAddr>,
+    /// RFC 8305 connection attempt delay.
+    pub attempt_delay: Duration,
+}
+
+/// Connects to the first address of `addrs` that answers, racing them per RFC 8305. Returns
+/// the stream and the address it reached. On failure, the error of the last attempt that
+/// failed (refusals are preferred over other errors, as they are the most telling).
+pub async fn happy_eyeballs<N: Net>(
+    addrs: &[SocketAddr],
+    opts: &ConnectOptions,
+) -> io::Result<(N::Stream, SocketAddr)> {
+    if let [only] = addrs {
+        return connect_one::<N>(*only, opts).await.map(|s| (s, *only));
+    }
+    let mut next = 0;
+    let mut attempts: Vec<Attempt> = Vec::with_capacity(addrs.len());
+    let mut error: Option<io::Error> = None;
+    let mut timer = Box::pin(tokio::time::sleep(Duration::ZERO));
+
+    loop {
+        enum Wake {
+            Start,
+            Won(usize),
+            Failed(usize, io::Error),
+        }
+        let wake = std::future::poll_fn(|cx| {
+            for (i, a) in attempts.iter_mut().enumerate() {
+                if let Poll::Ready(r) = a.fut.as_mut().poll(cx) {
+                    return Poll::Ready(match r {
+                        Ok(()) => Wake::Won(i),
+                        Err(e) => Wake::Failed(i, e),
+                    });
+                }
+            }
+            if next < addrs.len() && timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Wake::Start);
+            }
+            Poll::Pending
+        })
+        .await;
+
+        match wake {
+            Wake::Won(i) => {
+                let mut winner = attempts.swap_remove(i);
+                // The losers are aborted as `attempts` drops.
+                drop(attempts);
+                let sock = winner.sock.take().and_then(|s| Rc::try_unwrap(s).ok());
+                let sock = sock.ok_or_else(|| io::Error::other("connect attempt still referenced"))?;
+                return Ok((N::stream(sock)?, winner.addr));
+            }
+            Wake::Failed(i, e) => {
+                let failed = attempts.swap_remove(i);
+                tracing::debug!(addr = %failed.addr, error = %e, "connect attempt failed");
+                if !matches!(&error, Some(prev) if prev.kind() == io::ErrorKind::ConnectionRefused)
+                {
+                    error = Some(e);
+                }
+                // A failure starts the next attempt at once (RFC 8305 section 5).
+                timer.as_mut().reset(tokio::time::Instant::now());
+            }
+            Wake::Start => {
+                let addr = addrs[next];
+                next += 1;
+                match start::<N>(addr, opts) {
+                    Ok(a) => attempts.push(a),
+                    Err(e) => error = Some(e),
+                }
+                let delay = if attempts.is_empty() { Duration::ZERO } else { opts.attempt_delay };
+                timer.as_mut().reset(tokio::time::Instant::now() + delay);
+            }
+        }
+        if attempts.is_empty() && next >= addrs.len() {
+            return Err(error.unwrap_or_else(|| io::Error::other("no address to connect to")));
+        }
+    }
+}
+
+/// Connects to one address.
+pub async fn connect_one<N: Net>(addr: SocketAddr, opts: &ConnectOptions) -> io::Result<N::Stream> {
+    let sock = Rc::new(socket(addr, opts)?);
+    let guard = AbortOnDrop(Some(sock.clone()));
+    N::connect(sock.clone(), SockAddr::from(addr)).await?;
+    drop(guard.disarm());
+    let sock = Rc::try_unwrap(sock).map_err(|_| io::Error::other("connect socket still referenced"))?;
+    N::stream(sock)
+}
+
+/// One connection attempt of a race. Dropping it aborts it: `shutdown` ends a connect in
+/// progress (the socket goes back to unconnected and the pending operation completes), so a
+/// lost or timed-out attempt leaves neither a half-open connection nor an in-flight io_uring
+/// operation behind.
+struct Attempt {
+    addr: SocketAddr,
+    sock: Option<Rc<Socket>>,
+    fut: Pin<Box<dyn Future<Output = io::Result<()>>>>,
+}
+
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        if let Some(s) = self.sock.take() {
+            shutdown_fd(s.as_raw_fd(), Shutdown::Both);
+        }
+    }
+}
+
+fn start<N: Net>(addr: SocketAddr, opts: &ConnectOptions) -> io::Result<Attempt> {
+    let sock = Rc::new(socket(addr, opts)?);
+    let fut = Box::pin(N::connect(sock.clone(), SockAddr::from(addr)));
+    Ok(Attempt {
+        addr,
+        sock: Some(sock),
+        fut,
+    })
+}
+
+/// Aborts a single connect if its future is dropped (by a timeout) before it finished.
+struct AbortOnDrop(Option<Rc<Socket>>);
+
+impl AbortOnDrop {
+    fn disarm(mut self) -> Option<Rc<Socket>> {
+        self.0.take()
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(s) = &self.0 {
+            shutdown_fd(s.as_raw_fd(), Shutdown::Both);
+        }
+    }
+}
+
+/// A non-blocking TCP socket for `addr` with TCP_NODELAY, bound to the egress address if one
+/// is set (same family only).
+fn socket(addr: SocketAddr, opts: &ConnectOptions) -> io::Result<Socket> {
+    let sock = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking().cloexec(),
+        Some(Protocol::TCP),
+    )?;
+    sock.set_nodelay(true)?;
+    if let Some(ip) = opts.egress_ip {
+        if ip.is_ipv4() != addr.is_ipv4() {
+            return Err(io::Error::from_raw_os_error(libc::EAFNOSUPPORT));
+        }
+        set_bind_address_no_port(&sock)?;
+        sock.bind(&SocketAddr::new(ip, 0).into())?;
+    }
+    Ok(sock)
+}
+
+/// IP_BIND_ADDRESS_NO_PORT: `bind` fixes only the address; the port is chosen at `connect`,
+/// per destination, so egress-bound connections do not exhaust the ephemeral range.
+fn set_bind_address_no_port(sock: &Socket) -> io::Result<()> {
+    let one: libc::c_int = 1;
+    // Safety: a valid socket descriptor and a pointer to a c_int that lives across the call,
+    // with its size.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            &one as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}

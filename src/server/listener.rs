@@ -1,0 +1,47 @@
+//! Listening sockets, built with socket2 so the backlog is ours to choose (tokio-uring's own
+//! `bind` fixes it at 1024) and every worker gets its own SO_REUSEPORT socket, so the kernel
+//! spreads new connections across workers without any shared accept queue.
+
+use std::io;
+use std::net::SocketAddr;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// Builds a non-blocking listener on `addr` with SO_REUSEADDR, SO_REUSEPORT, TCP_NODELAY
+/// (inherited by accepted sockets) and the given backlog. IPv6 listeners are IPv6-only so that
+/// `[::]:1080` and `0.0.0.0:1080` can both be given.
+pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener> {
+    let sock = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking().cloexec(),
+        Some(Protocol::TCP),
+    )?;
+    sock.set_reuse_address(true)?;
+    sock.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(true)?;
+    }
+    sock.set_nodelay(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(backlog.min(i32::MAX as u32) as i32)?;
+    Ok(sock.into())
+}
+
+/// Binds one listener per worker for every address. The first worker's socket for an address
+/// given with port 0 fixes the port the others then share.
+pub fn bind_all(
+    addrs: &[SocketAddr],
+    workers: usize,
+    backlog: u32,
+) -> io::Result<Vec<Vec<std::net::TcpListener>>> {
+    let mut per_worker: Vec<Vec<std::net::TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
+    for &addr in addrs {
+        let first = bind(addr, backlog).map_err(|e| io::Error::new(e.kind(), format!("{addr}: {e}")))?;
+        let actual = first.local_addr()?;
+        per_worker[0].push(first);
+        for list in per_worker.iter_mut().skip(1) {
+            list.push(bind(actual, backlog)?);
+        }
+    }
+    Ok(per_worker)
+}

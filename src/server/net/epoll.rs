@@ -1,0 +1,111 @@
+//! The epoll runtime (tokio, current-thread), used where io_uring is unavailable or when asked
+//! for with `--runtime epoll`. Same thread-per-core shape; readiness-based I/O underneath.
+
+use std::io;
+use std::net::{Shutdown, SocketAddr};
+use std::os::fd::{AsRawFd, RawFd};
+use std::rc::Rc;
+
+use socket2::{SockAddr, Socket};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+
+use super::{shutdown_fd, Net, Stream};
+
+/// epoll runtime marker.
+pub struct Epoll;
+
+/// A stream driven by readiness.
+pub struct EpollStream(tokio::net::TcpStream);
+
+impl Stream for EpollStream {
+    async fn read(&self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        if buf.len() == buf.capacity() {
+            return (Err(io::ErrorKind::InvalidInput.into()), buf);
+        }
+        loop {
+            match self.0.try_read_buf(&mut buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                res => return (res, buf),
+            }
+            if let Err(e) = self.0.readable().await {
+                return (Err(e), buf);
+            }
+        }
+    }
+
+    async fn write_all(&self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+        let mut off = 0;
+        while off < buf.len() {
+            match self.0.try_write(&buf[off..]) {
+                Ok(n) => off += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if let Err(e) = self.0.writable().await {
+                        return (Err(e), buf);
+                    }
+                }
+                Err(e) => return (Err(e), buf),
+            }
+        }
+        (Ok(()), buf)
+    }
+
+    fn shutdown(&self, how: Shutdown) {
+        shutdown_fd(self.0.as_raw_fd(), how);
+    }
+
+    fn raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+impl Net for Epoll {
+    const NAME: &'static str = "epoll";
+    type Stream = EpollStream;
+    type Listener = tokio::net::TcpListener;
+
+    fn listener(l: std::net::TcpListener) -> io::Result<Self::Listener> {
+        tokio::net::TcpListener::from_std(l)
+    }
+
+    async fn accept(l: &Self::Listener) -> io::Result<(Self::Stream, SocketAddr)> {
+        let (s, peer) = l.accept().await?;
+        Ok((EpollStream(s), peer))
+    }
+
+    async fn connect(sock: Rc<Socket>, addr: SockAddr) -> io::Result<()> {
+        match sock.connect(&addr) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+            Err(e) => return Err(e),
+        }
+        // Safety: `Held` owns a reference to the socket, so the descriptor stays open and
+        // refers to the same socket for the whole life of the registration.
+        let fd = unsafe { AsyncFd::register_with_interest(Held(sock.clone()), Interest::WRITABLE) }
+            .map_err(io::Error::from)?;
+        loop {
+            let mut ready = fd.writable().await?;
+            if let Some(e) = sock.take_error()? {
+                return Err(e);
+            }
+            match sock.peer_addr() {
+                Ok(_) => return Ok(()),
+                Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => ready.clear_ready(),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn stream(sock: Socket) -> io::Result<Self::Stream> {
+        tokio::net::TcpStream::from_std(sock.into()).map(EpollStream)
+    }
+}
+
+/// A socket kept open by the readiness registration that watches it.
+struct Held(Rc<Socket>);
+
+impl AsRawFd for Held {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}

@@ -1,0 +1,92 @@
+//! The small interface the server needs from an I/O runtime, with two implementations:
+//! [`uring`] (tokio-uring, io_uring) and [`epoll`] (tokio). Sessions, the connector and the
+//! relay are generic over [`Net`], so neither runtime leaks into them and a third (compio,
+//! monoio) could be added here alone.
+//!
+//! Buffers are owned and passed by value, as io_uring requires: the kernel may write into a
+//! buffer after the future that submitted the read was dropped, so the buffer travels with the
+//! operation and comes back with its result.
+
+use std::io;
+use std::net::{Shutdown, SocketAddr};
+use std::os::fd::RawFd;
+use std::rc::Rc;
+
+use socket2::{SockAddr, Socket};
+
+pub mod epoll;
+pub mod uring;
+
+/// A connected TCP stream on one worker.
+#[allow(async_fn_in_trait)]
+pub trait Stream: 'static {
+    /// Reads into the spare capacity of `buf` (`len..capacity`), extending its length by the
+    /// bytes read. `Ok(0)` is end of stream. `buf` must have spare capacity.
+    async fn read(&self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>);
+
+    /// Writes all of `buf[..len]`.
+    async fn write_all(&self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>);
+
+    /// `shutdown(2)`. Completes pending reads on this socket, which is how a timed-out
+    /// operation is ended before its future is dropped (io_uring operations are not cancelled by
+    /// dropping them). Errors (the peer already gone) are ignored.
+    fn shutdown(&self, how: Shutdown);
+
+    /// The file descriptor, for socket options and logging.
+    fn raw_fd(&self) -> RawFd;
+
+    /// The local address of the socket.
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        local_addr_of(self.raw_fd())
+    }
+}
+
+/// A runtime: how to accept, connect and wrap sockets.
+#[allow(async_fn_in_trait)]
+pub trait Net: 'static {
+    /// Name for logs: "io_uring" or "epoll".
+    const NAME: &'static str;
+    /// Connected stream type.
+    type Stream: Stream;
+    /// Listener type.
+    type Listener: 'static;
+
+    /// Wraps a bound, listening, non-blocking socket built by [`crate::server::listener`].
+    fn listener(l: std::net::TcpListener) -> io::Result<Self::Listener>;
+
+    /// Accepts one connection.
+    async fn accept(l: &Self::Listener) -> io::Result<(Self::Stream, SocketAddr)>;
+
+    /// Connects a fresh non-blocking socket to `addr`. The caller keeps its own reference to
+    /// the socket so that it can abort the attempt with `shutdown` (which completes the
+    /// operation) before dropping this future.
+    async fn connect(sock: Rc<Socket>, addr: SockAddr) -> io::Result<()>;
+
+    /// Wraps a connected socket.
+    fn stream(sock: Socket) -> io::Result<Self::Stream>;
+}
+
+/// `shutdown(2)` on a raw descriptor, ignoring errors.
+pub(crate) fn shutdown_fd(fd: RawFd, how: Shutdown) {
+    let how = match how {
+        Shutdown::Read => libc::SHUT_RD,
+        Shutdown::Write => libc::SHUT_WR,
+        Shutdown::Both => libc::SHUT_RDWR,
+    };
+    // Safety: shutdown(2) takes no pointers; on a descriptor that is not a connected socket it
+    // fails with an error code, which is ignored.
+    unsafe {
+        libc::shutdown(fd, how);
+    }
+}
+
+/// `getsockname(2)` on a descriptor owned by a live stream.
+pub(crate) fn local_addr_of(fd: RawFd) -> io::Result<SocketAddr> {
+    // Safety: callers pass the descriptor of a stream they hold, so it stays open for the
+    // duration of this borrow.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    socket2::SockRef::from(&fd)
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::other("not an IP socket"))
+}

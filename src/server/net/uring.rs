@@ -1,0 +1,149 @@
+//! The io_uring runtime (tokio-uring). This file and [`crate::server::worker`]'s runtime start
+//! are the only places that name tokio-uring or io-uring.
+//!
+//! tokio-uring 0.5 lacks a connect on a socket we built ourselves (we need TCP_NODELAY and
+//! IP_BIND_ADDRESS_NO_PORT before connecting) and a way to abort an in-flight operation, so
+//! connect is submitted here as an `IORING_OP_CONNECT` through its public
+//! [`UnsubmittedOneshot`]; the operation holds an `Rc` of the socket so the descriptor cannot be
+//! closed and reused while the kernel still refers to it.
+
+use std::io;
+use std::net::{Shutdown, SocketAddr};
+use std::os::fd::{AsRawFd, RawFd};
+use std::rc::Rc;
+
+use io_uring::{cqueue, opcode, types};
+use socket2::{SockAddr, Socket};
+use tokio_uring::buf::BoundedBuf;
+use tokio_uring::{OneshotOutputTransform, UnsubmittedOneshot};
+
+use super::{Net, Stream};
+
+/// io_uring runtime marker.
+pub struct Uring;
+
+/// A stream whose reads and writes are io_uring operations.
+pub struct UringStream(tokio_uring::net::TcpStream);
+
+impl Stream for UringStream {
+    async fn read(&self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        let (start, cap) = (buf.len(), buf.capacity());
+        if start == cap {
+            return (Err(io::ErrorKind::InvalidInput.into()), buf);
+        }
+        let (res, slice) = self.0.read(buf.slice(start..cap)).await;
+        (res, slice.into_inner())
+    }
+
+    async fn write_all(&self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+        self.0.write_all(buf).await
+    }
+
+    fn shutdown(&self, how: Shutdown) {
+        let _ = self.0.shutdown(how);
+    }
+
+    fn raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+impl Net for Uring {
+    const NAME: &'static str = "io_uring";
+    type Stream = UringStream;
+    type Listener = tokio_uring::net::TcpListener;
+
+    fn listener(l: std::net::TcpListener) -> io::Result<Self::Listener> {
+        Ok(tokio_uring::net::TcpListener::from_std(l))
+    }
+
+    async fn accept(l: &Self::Listener) -> io::Result<(Self::Stream, SocketAddr)> {
+        let (s, peer) = l.accept().await?;
+        Ok((UringStream(s), peer))
+    }
+
+    async fn connect(sock: Rc<Socket>, addr: SockAddr) -> io::Result<()> {
+        let addr = Box::new(addr);
+        let entry = opcode::Connect::new(types::Fd(sock.as_raw_fd()), addr.as_ptr(), addr.len())
+            .build();
+        let data = ConnectData { _sock: sock, _addr: addr };
+        UnsubmittedOneshot::new(data, ConnectDone, entry).submit().await
+    }
+
+    fn stream(sock: Socket) -> io::Result<Self::Stream> {
+        let s = tokio_uring::net::TcpStream::from_std(sock.into());
+        Ok(UringStream(s))
+    }
+}
+
+/// What a connect operation keeps alive until the kernel is done with it.
+struct ConnectData {
+    _sock: Rc<Socket>,
+    _addr: Box<SockAddr>,
+}
+
+struct ConnectDone;
+
+impl OneshotOutputTransform for ConnectDone {
+    type Output = io::Result<()>;
+    type StoredData = ConnectData;
+
+    fn transform_oneshot_output(self, _data: ConnectData, cqe: cqueue::Entry) -> io::Result<()> {
+        match cqe.result() {
+            r if r < 0 => Err(io::Error::from_raw_os_error(-r)),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Why io_uring cannot be used here, or `None` when it can.
+pub fn unavailable_reason() -> Option<String> {
+    if let Ok(v) = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled") {
+        match v.trim() {
+            "2" => return Some("kernel.io_uring_disabled = 2 (io_uring disabled system-wide)".into()),
+            "1" => {
+                // 1: only processes in kernel.io_uring_group (or with CAP_SYS_ADMIN) may use
+                // it; the probe below tells whether that includes us.
+            }
+            _ => {}
+        }
+    }
+    let ring = match io_uring::IoUring::new(8) {
+        Ok(r) => r,
+        Err(e) => {
+            let why = match e.raw_os_error() {
+                Some(libc::ENOSYS) => "io_uring_setup is not implemented (kernel too old or disabled)",
+                Some(libc::EPERM) => "io_uring_setup not permitted (seccomp or kernel.io_uring_disabled)",
+                _ => "io_uring_setup failed",
+            };
+            return Some(format!("{why}: {e}"));
+        }
+    };
+    let mut probe = io_uring::Probe::new();
+    if let Err(e) = ring.submitter().register_probe(&mut probe) {
+        return Some(format!("io_uring opcode probe failed: {e}"));
+    }
+    for (code, name) in [
+        (opcode::Accept::CODE, "ACCEPT"),
+        (opcode::Connect::CODE, "CONNECT"),
+        (opcode::Read::CODE, "READ"),
+        (opcode::Write::CODE, "WRITE"),
+    ] {
+        if !probe.is_supported(code) {
+            return Some(format!("kernel io_uring lacks IORING_OP_{name}"));
+        }
+    }
+    None
+}
+
+/// Runs `fut` on a new tokio-uring runtime on this thread. The completion queue is sized well
+/// above the submission queue: every tunnel keeps up to four operations in flight, and a full
+/// CQ would have the kernel buffer completions (IORING_FEAT_NODROP) at a cost.
+pub fn block_on<F: std::future::Future>(sq_entries: u32, cq_entries: u32, fut: F) -> io::Result<F::Output> {
+    let mut ring = io_uring::IoUring::builder();
+    ring.setup_cqsize(cq_entries);
+    let mut builder = tokio_uring::builder();
+    builder.entries(sq_entries).uring_builder(&ring);
+    let rt = tokio_uring::Runtime::new(&builder)?;
+    Ok(rt.block_on(fut))
+}

@@ -1,0 +1,292 @@
+//! One client connection: the SOCKS handshake inline on the accepting worker, the outbound
+//! connect, the reply, then the relay, and one access-log line at the end.
+
+use std::io;
+use std::net::{Shutdown, SocketAddr};
+use std::rc::Rc;
+use std::time::Instant;
+
+use tracing::{debug, info, warn};
+
+use super::connect::happy_eyeballs;
+use super::net::{Net, Stream};
+use super::relay::{relay, Side};
+use super::worker::WorkerCtx;
+use crate::proto::{Command, Event, Handshake, ProtoError, ReplyCode, Request, TargetAddr};
+
+/// Handshake buffer: the longest handshake message is a SOCKS4a request (8 + 256 + 256 bytes),
+/// and pipelined payload beyond this simply stays in the socket until the relay reads it.
+const HANDSHAKE_BUF: usize = 1024;
+
+/// Why a session ended before relaying.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    /// The client sent something the protocol does not allow.
+    #[error("{0}")]
+    Proto(#[from] ProtoError),
+    /// The client closed or reset the connection mid-handshake.
+    #[error("client closed the connection during the handshake")]
+    ClientClosed,
+    /// Reading from or writing to the client failed.
+    #[error("client i/o: {0}")]
+    ClientIo(io::Error),
+    /// The client did not finish the handshake in time.
+    #[error("handshake timed out")]
+    HandshakeTimeout,
+}
+
+/// Runs one session to completion. Never panics on peer input; errors end up in the log.
+pub async fn run<N: Net>(ctx: Rc<WorkerCtx>, client: N::Stream, peer: SocketAddr) {
+    let _active = ctx.enter();
+    let started = Instant::now();
+    let timeout = ctx.config.handshake_timeout;
+    let hs = tokio::time::timeout(timeout, handshake(&ctx, &client, peer)).await;
+    let done = match hs {
+        Ok(Ok(done)) => done,
+        Ok(Err(e)) => {
+            // The reply the error deserves was already written by `handshake`.
+            log_handshake_failure(peer, &e);
+            client.shutdown(Shutdown::Both);
+            return;
+        }
+        Err(_) => {
+            // Shut the socket down before the read future is dropped: a pending io_uring
+            // read would otherwise keep the descriptor open.
+            log_handshake_failure(peer, &SessionError::HandshakeTimeout);
+            client.shutdown(Shutdown::Both);
+            return;
+        }
+    };
+    let Handshaken {
+        hs,
+        request,
+        user,
+        mut buf,
+        consumed,
+        mut out,
+    } = done;
+
+    let log = AccessLog {
+        peer,
+        user: user.as_deref().or(request.userid.as_deref()),
+        request: &request,
+        started,
+    };
+
+    if request.command != Command::Connect {
+        // BIND and UDP ASSOCIATE are not served yet.
+        hs.reply(ReplyCode::CommandNotSupported, None, &mut out);
+        let _ = client.write_all(out).await;
+        client.shutdown(Shutdown::Both);
+        log.refused(ReplyCode::CommandNotSupported, "command not supported");
+        return;
+    }
+
+    let connect_timeout = ctx.config.connect_timeout;
+    let connected = tokio::time::timeout(connect_timeout, connect::<N>(&ctx, &request.target)).await;
+    let (target, target_addr) = match connected {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            let code = ReplyCode::from_io_error(&e);
+            hs.reply(code, None, &mut out);
+            let _ = client.write_all(out).await;
+            client.shutdown(Shutdown::Both);
+            log.refused(code, &e.to_string());
+            return;
+        }
+        Err(_) => {
+            hs.reply(ReplyCode::HostUnreachable, None, &mut out);
+            let _ = client.write_all(out).await;
+            client.shutdown(Shutdown::Both);
+            log.refused(ReplyCode::HostUnreachable, "connect timed out");
+            return;
+        }
+    };
+
+    // BND.ADDR/BND.PORT: the address the proxy uses on the outbound connection (RFC 1928 §6).
+    let bound = target.local_addr().ok();
+    hs.reply(ReplyCode::Succeeded, bound, &mut out);
+    let (r, _) = client.write_all(out).await;
+    if let Err(e) = r {
+        target.shutdown(Shutdown::Both);
+        client.shutdown(Shutdown::Both);
+        log.relayed(target_addr, 0, 0, Some((Side::Client, &e)));
+        return;
+    }
+
+    // Bytes the client pipelined after its request go to the target first.
+    buf.drain(..consumed);
+    let size = ctx.config.buffer_size;
+    buf.reserve_exact(size.saturating_sub(buf.len()));
+    let down_buf = Vec::with_capacity(size);
+    let stats = relay(&client, &target, buf, down_buf, ctx.config.idle_timeout).await;
+    client.shutdown(Shutdown::Both);
+    target.shutdown(Shutdown::Both);
+    let err = stats.error.as_ref().map(|(s, e)| (*s, e));
+    if stats.idle_timeout {
+        log.relayed_idle(target_addr, stats.up, stats.down);
+    } else {
+        log.relayed(target_addr, stats.up, stats.down, err);
+    }
+}
+
+struct Handshaken {
+    hs: Handshake,
+    request: Request,
+    user: Option<String>,
+    buf: Vec<u8>,
+    consumed: usize,
+    out: Vec<u8>,
+}
+
+/// Reads and answers the handshake up to a complete request. Replies are appended to `out`
+/// and written only when more input is needed, so a client that pipelines its greeting and
+/// request gets the method selection and the request reply in one write.
+async fn handshake<S: Stream>(
+    ctx: &WorkerCtx,
+    client: &S,
+    peer: SocketAddr,
+) -> Result<Handshaken, SessionError> {
+    let mut hs = Handshake::new(ctx.policy);
+    let mut buf = Vec::with_capacity(HANDSHAKE_BUF);
+    let mut out = Vec::with_capacity(32);
+    let mut consumed = 0;
+    let mut user = None;
+    loop {
+        let (event, n) = match hs.advance(&buf[consumed..], &mut out) {
+            Ok(x) => x,
+            Err(e) => {
+                if !out.is_empty() {
+                    let _ = client.write_all(out).await;
+                }
+                return Err(e.into());
+            }
+        };
+        consumed += n;
+        match event {
+            Event::Request(request) => {
+                return Ok(Handshaken {
+                    hs,
+                    request,
+                    user,
+                    buf,
+                    consumed,
+                    out,
+                })
+            }
+            Event::Authenticate(creds) => {
+                let ok = ctx.config.users.is_empty()
+                    || ctx.config.users.verify(creds.username, creds.password);
+                let name = String::from_utf8_lossy(creds.username).into_owned();
+                if !ok {
+                    warn!(client = %peer, user = %name, "authentication failed");
+                }
+                user = Some(name);
+                if let Err(e) = hs.authenticated(ok, &mut out) {
+                    let _ = client.write_all(out).await;
+                    return Err(e.into());
+                }
+            }
+            Event::NeedMore => {
+                if !out.is_empty() {
+                    let (r, o) = client.write_all(out).await;
+                    out = o;
+                    out.clear();
+                    r.map_err(SessionError::ClientIo)?;
+                }
+                buf.drain(..consumed);
+                consumed = 0;
+                let (r, b) = client.read(buf).await;
+                buf = b;
+                match r {
+                    Ok(0) => return Err(SessionError::ClientClosed),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
+                        return Err(SessionError::ClientClosed)
+                    }
+                    Err(e) => return Err(SessionError::ClientIo(e)),
+                }
+            }
+        }
+    }
+}
+
+/// Resolves (if needed) and connects to the target.
+async fn connect<N: Net>(ctx: &WorkerCtx, target: &TargetAddr) -> io::Result<(N::Stream, SocketAddr)> {
+    match target {
+        TargetAddr::Ip(addr) => happy_eyeballs::<N>(std::slice::from_ref(addr), &ctx.connect).await,
+        TargetAddr::Domain(host, port) => {
+            let addrs = ctx.resolver.resolve(host, *port).await?;
+            happy_eyeballs::<N>(&addrs, &ctx.connect).await
+        }
+    }
+}
+
+fn log_handshake_failure(peer: SocketAddr, e: &SessionError) {
+    match e {
+        SessionError::ClientClosed => debug!(client = %peer, "handshake: {e}"),
+        SessionError::Proto(p) => info!(client = %peer, reason = p.as_str(), "handshake rejected: {e}"),
+        _ => info!(client = %peer, "handshake failed: {e}"),
+    }
+}
+
+/// One line per tunnel, at info level under the `access` target. Never holds a password.
+struct AccessLog<'a> {
+    peer: SocketAddr,
+    user: Option<&'a str>,
+    request: &'a Request,
+    started: Instant,
+}
+
+impl AccessLog<'_> {
+    fn refused(&self, code: ReplyCode, why: &str) {
+        info!(
+            target: "access",
+            client = %self.peer,
+            user = self.user.unwrap_or("-"),
+            cmd = self.request.command.as_str(),
+            dst = %self.request.target,
+            reply = code.as_str(),
+            ms = self.started.elapsed().as_millis() as u64,
+            "refused: {why}"
+        );
+    }
+
+    fn relayed(&self, via: SocketAddr, up: u64, down: u64, err: Option<(Side, &io::Error)>) {
+        let (side, error) = match err {
+            Some((s, e)) => (s.as_str(), e.to_string()),
+            None => ("-", String::new()),
+        };
+        info!(
+            target: "access",
+            client = %self.peer,
+            user = self.user.unwrap_or("-"),
+            cmd = self.request.command.as_str(),
+            dst = %self.request.target,
+            addr = %via,
+            reply = ReplyCode::Succeeded.as_str(),
+            up,
+            down,
+            ms = self.started.elapsed().as_millis() as u64,
+            error_side = side,
+            error = %error,
+            "closed"
+        );
+    }
+
+    fn relayed_idle(&self, via: SocketAddr, up: u64, down: u64) {
+        info!(
+            target: "access",
+            client = %self.peer,
+            user = self.user.unwrap_or("-"),
+            cmd = self.request.command.as_str(),
+            dst = %self.request.target,
+            addr = %via,
+            reply = ReplyCode::Succeeded.as_str(),
+            up,
+            down,
+            ms = self.started.elapsed().as_millis() as u64,
+            "closed: idle timeout"
+        );
+    }
+}

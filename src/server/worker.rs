@@ -1,0 +1,153 @@
+//! A worker: one OS thread pinned to one core, with its own runtime and its own SO_REUSEPORT
+//! listeners. Connections accepted here are handshaken and relayed here; nothing crosses to
+//! another thread.
+
+use std::cell::Cell;
+use std::io;
+use std::net::Shutdown;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{watch, Notify};
+use tracing::{error, info, warn};
+
+use super::connect::ConnectOptions;
+use super::net::{shutdown_fd, Net};
+use super::resolve::Resolver;
+use super::session;
+use crate::config::Config;
+use crate::proto::AuthPolicy;
+
+/// Per-worker state shared by its sessions (single-threaded: `Rc` and `Cell`, no locks).
+pub struct WorkerCtx {
+    /// Worker index.
+    pub id: usize,
+    /// Settings.
+    pub config: Arc<Config>,
+    /// What the handshake accepts.
+    pub policy: AuthPolicy,
+    /// How to connect out.
+    pub connect: ConnectOptions,
+    /// This worker's resolver.
+    pub resolver: Resolver,
+    active: Cell<usize>,
+    idle: Notify,
+}
+
+impl WorkerCtx {
+    /// Counts a session as active until the guard drops.
+    pub fn enter(self: &Rc<Self>) -> ActiveGuard {
+        self.active.set(self.active.get() + 1);
+        ActiveGuard(self.clone())
+    }
+}
+
+/// Keeps a session counted as active.
+pub struct ActiveGuard(Rc<WorkerCtx>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        let n = self.0.active.get() - 1;
+        self.0.active.set(n);
+        if n == 0 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// The body of a worker thread: accept on every listener until `shutdown` flips, then drain
+/// sessions for up to the drain timeout. Returns the number of sessions still open at the end.
+pub async fn run<N: Net>(
+    id: usize,
+    config: Arc<Config>,
+    listeners: Vec<std::net::TcpListener>,
+    mut shutdown: watch::Receiver<bool>,
+) -> io::Result<usize> {
+    let ctx = Rc::new(WorkerCtx {
+        id,
+        policy: AuthPolicy {
+            password_required: !config.users.is_empty(),
+            allow_socks4: config.allow_socks4,
+        },
+        connect: ConnectOptions {
+            egress_ip: config.egress_ip,
+            attempt_delay: config.happy_eyeballs_delay,
+        },
+        resolver: Resolver::default(),
+        config,
+        active: Cell::new(0),
+        idle: Notify::new(),
+    });
+
+    let stopping = Rc::new(Cell::new(false));
+    let mut fds = Vec::new();
+    let mut loops = Vec::new();
+    for l in listeners {
+        fds.push(l.as_raw_fd());
+        let listener = N::listener(l)?;
+        loops.push(tokio::task::spawn_local(accept_loop::<N>(
+            ctx.clone(),
+            listener,
+            stopping.clone(),
+        )));
+    }
+
+    while !*shutdown.borrow_and_update() {
+        if shutdown.changed().await.is_err() {
+            break;
+        }
+    }
+
+    // Stop accepting: shutdown(2) on a listening socket fails its pending accept with EINVAL,
+    // which ends the accept loop (dropping an io_uring accept would not stop it).
+    stopping.set(true);
+    for fd in fds {
+        shutdown_fd(fd, Shutdown::Both);
+    }
+    for l in loops {
+        let _ = l.await;
+    }
+
+    let drain = ctx.config.drain_timeout;
+    if ctx.active.get() > 0 {
+        info!(worker = id, tunnels = ctx.active.get(), "draining for up to {drain:?}");
+        let wait = async {
+            while ctx.active.get() > 0 {
+                ctx.idle.notified().await;
+            }
+        };
+        let _ = tokio::time::timeout(drain, wait).await;
+    }
+    Ok(ctx.active.get())
+}
+
+async fn accept_loop<N: Net>(ctx: Rc<WorkerCtx>, listener: N::Listener, stopping: Rc<Cell<bool>>) {
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        match N::accept(&listener).await {
+            Ok((stream, peer)) => {
+                backoff = Duration::from_millis(5);
+                tokio::task::spawn_local(session::run::<N>(ctx.clone(), stream, peer));
+            }
+            Err(_) if stopping.get() => return,
+            Err(e) => match e.raw_os_error() {
+                // Out of descriptors or memory: existing tunnels keep flowing; back off rather
+                // than spin, and retry (the backlog holds new clients meanwhile).
+                Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM) => {
+                    warn!(worker = ctx.id, "accept: {e}; retrying in {backoff:?}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+                // The connection died in the backlog: nothing to do.
+                Some(libc::ECONNABORTED) | Some(libc::EPROTO) | Some(libc::EINTR) | Some(libc::EPERM) => {}
+                _ => {
+                    error!(worker = ctx.id, "accept: {e}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            },
+        }
+    }
+}
