@@ -229,7 +229,10 @@ mod tests {
         let a = TargetAddr::from("[::1]:8080".parse::<SocketAddr>().unwrap());
         assert_eq!((a.port(), a.to_string()), (8080, "[::1]:8080".to_string()));
         let d = TargetAddr::Domain("example.com".into(), 443);
-        assert_eq!((d.port(), d.to_string()), (443, "example.com:443".to_string()));
+        assert_eq!(
+            (d.port(), d.to_string()),
+            (443, "example.com:443".to_string())
+        );
     }
 
     #[test]

@@ -106,3 +106,91 @@ impl ProtoError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_has_its_reply_and_name() {
+        use ReplyCode as R;
+        let table = [
+            (
+                ProtoError::UnsupportedVersion(6),
+                WireReply::None,
+                "bad-version",
+            ),
+            (
+                ProtoError::NoMethods,
+                WireReply::NoAcceptableMethods,
+                "no-methods",
+            ),
+            (
+                ProtoError::NoAcceptableMethod,
+                WireReply::NoAcceptableMethods,
+                "no-acceptable-method",
+            ),
+            (
+                ProtoError::BadAuthVersion(5),
+                WireReply::AuthFailure,
+                "bad-auth-version",
+            ),
+            (
+                ProtoError::EmptyUsername,
+                WireReply::AuthFailure,
+                "empty-username",
+            ),
+            (
+                ProtoError::AuthFailed,
+                WireReply::AuthFailure,
+                "auth-failed",
+            ),
+            (
+                ProtoError::BadRequestVersion(4),
+                WireReply::Reply(R::GeneralFailure),
+                "bad-request-version",
+            ),
+            (
+                ProtoError::BadReserved(1),
+                WireReply::Reply(R::GeneralFailure),
+                "bad-reserved",
+            ),
+            (
+                ProtoError::UnknownCommand(7),
+                WireReply::Reply(R::CommandNotSupported),
+                "unknown-command",
+            ),
+            (
+                ProtoError::UnknownAddressType(8),
+                WireReply::Reply(R::AddressTypeNotSupported),
+                "unknown-address-type",
+            ),
+            (
+                ProtoError::BadDomain,
+                WireReply::Reply(R::HostUnreachable),
+                "bad-domain",
+            ),
+            (
+                ProtoError::FieldTooLong(255),
+                WireReply::Reply(R::GeneralFailure),
+                "field-too-long",
+            ),
+            (
+                ProtoError::Socks4NotAllowed,
+                WireReply::Reply(R::NotAllowed),
+                "socks4-not-allowed",
+            ),
+            (ProtoError::Fragmented(1), WireReply::None, "fragmented"),
+            (ProtoError::BadReply, WireReply::None, "bad-reply"),
+        ];
+        for (e, reply, name) in table {
+            assert_eq!(e.reply(), reply, "{e}");
+            assert_eq!(e.as_str(), name);
+            assert!(!e.to_string().is_empty());
+        }
+        assert_eq!(
+            ProtoError::UnsupportedVersion(0x47).to_string(),
+            "unsupported SOCKS version 0x47"
+        );
+    }
+}

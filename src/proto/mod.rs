@@ -132,3 +132,81 @@ impl ReplyCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Error, ErrorKind};
+
+    #[test]
+    fn reply_code_bytes_and_names() {
+        let mut names = std::collections::HashSet::new();
+        for b in 0u8..=8 {
+            let c = ReplyCode::from_u8(b).unwrap();
+            assert_eq!(c as u8, b);
+            assert!(names.insert(c.as_str()));
+        }
+        for b in 9u8..=255 {
+            assert_eq!(ReplyCode::from_u8(b), None);
+        }
+        assert_eq!(Command::Connect.as_str(), "connect");
+        assert_eq!(Command::Bind.as_str(), "bind");
+        assert_eq!(Command::UdpAssociate.as_str(), "udp");
+    }
+
+    #[test]
+    fn reply_code_from_io_error() {
+        let cases = [
+            (
+                Error::from(ErrorKind::ConnectionRefused),
+                ReplyCode::ConnectionRefused,
+            ),
+            (Error::from(ErrorKind::TimedOut), ReplyCode::HostUnreachable),
+            (Error::from(ErrorKind::NotFound), ReplyCode::HostUnreachable),
+            (
+                Error::from(ErrorKind::PermissionDenied),
+                ReplyCode::NotAllowed,
+            ),
+            (Error::from(ErrorKind::Other), ReplyCode::GeneralFailure),
+            (
+                Error::from_raw_os_error(libc::ECONNREFUSED),
+                ReplyCode::ConnectionRefused,
+            ),
+            (
+                Error::from_raw_os_error(libc::ENETUNREACH),
+                ReplyCode::NetworkUnreachable,
+            ),
+            (
+                Error::from_raw_os_error(libc::ENETDOWN),
+                ReplyCode::NetworkUnreachable,
+            ),
+            (
+                Error::from_raw_os_error(libc::EHOSTUNREACH),
+                ReplyCode::HostUnreachable,
+            ),
+            (
+                Error::from_raw_os_error(libc::EHOSTDOWN),
+                ReplyCode::HostUnreachable,
+            ),
+            (
+                Error::from_raw_os_error(libc::ETIMEDOUT),
+                ReplyCode::HostUnreachable,
+            ),
+            (
+                Error::from_raw_os_error(libc::EAFNOSUPPORT),
+                ReplyCode::AddressTypeNotSupported,
+            ),
+            (
+                Error::from_raw_os_error(libc::EADDRNOTAVAIL),
+                ReplyCode::AddressTypeNotSupported,
+            ),
+            (
+                Error::from_raw_os_error(libc::EMFILE),
+                ReplyCode::GeneralFailure,
+            ),
+        ];
+        for (e, code) in cases {
+            assert_eq!(ReplyCode::from_io_error(&e), code, "{e}");
+        }
+    }
+}

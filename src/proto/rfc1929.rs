@@ -111,6 +111,19 @@ mod tests {
     }
 
     #[test]
+    fn longest_fields_and_truncation() {
+        let long = [b'x'; 300];
+        let mut out = Vec::new();
+        encode_request(&long, &long, &mut out);
+        assert_eq!(out.len(), 3 + 255 + 255);
+        let (r, n) = parse_request(&out).unwrap().unwrap();
+        assert_eq!(
+            (r.username.len(), r.password.len(), n),
+            (255, 255, out.len())
+        );
+    }
+
+    #[test]
     fn response() {
         let mut out = Vec::new();
         encode_response(true, &mut out);

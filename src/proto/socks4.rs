@@ -257,6 +257,29 @@ mod tests {
     }
 
     #[test]
+    fn socks4a_limits_and_non_utf8_userid() {
+        // A 255-byte host name is accepted; one byte more is too long.
+        let mut req = b"\x04\x01\x00\x50\x00\x00\x00\x01\xff\xfe\x00".to_vec();
+        req.extend(std::iter::repeat(b'h').take(MAX_FIELD));
+        assert_eq!(parse_request(&req), Ok(None));
+        let mut ok = req.clone();
+        ok.push(0);
+        let (r, n) = parse_request(&ok).unwrap().unwrap();
+        assert_eq!(n, ok.len());
+        assert_eq!(r.userid, "\u{fffd}\u{fffd}");
+        req.push(b'h');
+        assert_eq!(
+            parse_request(&req),
+            Err(ProtoError::FieldTooLong(MAX_FIELD))
+        );
+        // 0.0.0.0 is not SOCKS4a: it is an (unusable) IPv4 destination.
+        let (r, _) = parse_request(b"\x04\x01\x00\x50\x00\x00\x00\x00\x00")
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.target, TargetAddr::Ip("0.0.0.0:80".parse().unwrap()));
+    }
+
+    #[test]
     fn roundtrips() {
         for t in [
             TargetAddr::Ip("1.2.3.4:5".parse().unwrap()),
@@ -283,6 +306,15 @@ mod tests {
             let (r, _) = parse_reply(&out).unwrap().unwrap();
             assert_eq!(r.code, code);
         }
+        assert_eq!(parse_reply(&[0, 0x5A, 0, 0, 0, 0, 0]), Ok(None));
+        assert_eq!(
+            parse_reply(&[4, 0x5A, 0, 0, 0, 0, 0, 0]),
+            Err(ProtoError::BadReply)
+        );
+        assert_eq!(
+            parse_reply(&[0, 0x5E, 0, 0, 0, 0, 0, 0]),
+            Err(ProtoError::BadReply)
+        );
         assert_eq!(ReplyCode4::from(ReplyCode::Succeeded), ReplyCode4::Granted);
         assert_eq!(
             ReplyCode4::from(ReplyCode::ConnectionRefused),

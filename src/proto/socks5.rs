@@ -255,6 +255,29 @@ mod tests {
         encode_reply(ReplyCode::GeneralFailure, None, &mut out);
         assert_eq!(out, [5, 1, 0, 1, 0, 0, 0, 0, 0, 0]);
         assert_eq!(parse_reply(&[5, 9, 0, 1]), Err(ProtoError::BadReply));
+        assert_eq!(parse_reply(&[4, 0, 0, 1]), Err(ProtoError::BadReply));
+        assert_eq!(parse_reply(&[5, 0, 1, 1]), Err(ProtoError::BadReply));
+        assert_eq!(
+            parse_reply(&[5, 0, 0, 7]),
+            Err(ProtoError::UnknownAddressType(7))
+        );
+        for n in 0..out.len() {
+            assert_eq!(parse_reply(&out[..n]), Ok(None), "prefix {n}");
+        }
+    }
+
+    #[test]
+    fn greeting_limits() {
+        let all: Vec<u8> = (0..=255).collect();
+        let mut g = Vec::new();
+        encode_greeting(&all, &mut g);
+        assert_eq!(g.len(), 2 + 255);
+        let (m, n) = parse_greeting(&g).unwrap().unwrap();
+        assert_eq!(n, 257);
+        assert!(m.contains(0) && m.contains(254) && !m.contains(255));
+        for k in 0..g.len() {
+            assert_eq!(parse_greeting(&g[..k]), Ok(None), "prefix {k}");
+        }
     }
 
     #[test]

@@ -66,5 +66,31 @@ mod tests {
             Err(ProtoError::Fragmented(1))
         );
         assert_eq!(parse_header(&[0, 1, 0]), Err(ProtoError::BadReserved(1)));
+        assert_eq!(parse_header(&[2, 0, 0]), Err(ProtoError::BadReserved(2)));
+    }
+
+    #[test]
+    fn truncated_and_malformed_addresses() {
+        let mut out = Vec::new();
+        encode_header(&TargetAddr::Domain("dns.example".into(), 53), &mut out);
+        for n in 0..out.len() {
+            assert_eq!(parse_header(&out[..n]), Ok(None), "prefix {n}");
+        }
+        assert_eq!(
+            parse_header(&[0, 0, 0, 9, 1, 2]),
+            Err(ProtoError::UnknownAddressType(9))
+        );
+        assert_eq!(parse_header(&[0, 0, 0, 3, 0]), Err(ProtoError::BadDomain));
+        // An empty payload is still a datagram.
+        assert_eq!(
+            parse_header(&[0, 0, 0, 1, 1, 2, 3, 4, 0, 53]),
+            Ok(Some((
+                UdpHeader {
+                    frag: 0,
+                    addr: TargetAddr::Ip("1.2.3.4:53".parse().unwrap())
+                },
+                10
+            )))
+        );
     }
 }

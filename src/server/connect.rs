@@ -101,7 +101,7 @@ pub async fn happy_eyeballs<N: Net>(
 
 /// Connects to one address.
 pub async fn connect_one<N: Net>(addr: SocketAddr, opts: &ConnectOptions) -> io::Result<N::Stream> {
-    let sock = Rc::new(socket(addr, opts)?);
+    let sock = Rc::new(socket(addr, opts, N::NONBLOCKING)?);
     let guard = AbortOnDrop(Some(sock.clone()));
     N::connect(sock.clone(), SockAddr::from(addr)).await?;
     drop(guard.disarm());
@@ -128,7 +128,7 @@ impl Drop for Attempt {
 }
 
 fn start<N: Net>(addr: SocketAddr, opts: &ConnectOptions) -> io::Result<Attempt> {
-    let sock = Rc::new(socket(addr, opts)?);
+    let sock = Rc::new(socket(addr, opts, N::NONBLOCKING)?);
     let fut = Box::pin(N::connect(sock.clone(), SockAddr::from(addr)));
     Ok(Attempt {
         addr,
@@ -154,14 +154,11 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// A non-blocking TCP socket for `addr` with TCP_NODELAY, bound to the egress address if one
-/// is set (same family only).
-fn socket(addr: SocketAddr, opts: &ConnectOptions) -> io::Result<Socket> {
-    let sock = Socket::new(
-        Domain::for_address(addr),
-        Type::STREAM.nonblocking().cloexec(),
-        Some(Protocol::TCP),
-    )?;
+/// A TCP socket for `addr` with TCP_NODELAY, bound to the egress address if one is set (same
+/// family only).
+fn socket(addr: SocketAddr, opts: &ConnectOptions, nonblocking: bool) -> io::Result<Socket> {
+    let ty = if nonblocking { Type::STREAM.nonblocking() } else { Type::STREAM };
+    let sock = Socket::new(Domain::for_address(addr), ty.cloexec(), Some(Protocol::TCP))?;
     sock.set_nodelay(true)?;
     if let Some(ip) = opts.egress_ip {
         if ip.is_ipv4() != addr.is_ipv4() {

@@ -61,6 +61,7 @@ impl Stream for EpollStream {
 
 impl Net for Epoll {
     const NAME: &'static str = "epoll";
+    const NONBLOCKING: bool = true;
     type Stream = EpollStream;
     type Listener = tokio::net::TcpListener;
 

@@ -57,8 +57,11 @@ pub trait Net: 'static {
     /// Accepts one connection.
     async fn accept(l: &Self::Listener) -> io::Result<(Self::Stream, SocketAddr)>;
 
-    /// Connects a fresh non-blocking socket to `addr`. The caller keeps its own reference to
-    /// the socket so that it can abort the attempt with `shutdown` (which completes the
+    /// Whether sockets handed to this runtime are in non-blocking mode.
+    const NONBLOCKING: bool;
+
+    /// Connects a fresh socket (blocking mode per [`Net::NONBLOCKING`]) to `addr`. The caller
+    /// keeps its own reference to the socket so that it can abort the attempt with `shutdown` (which completes the
     /// operation) before dropping this future.
     async fn connect(sock: Rc<Socket>, addr: SockAddr) -> io::Result<()>;
 

@@ -6,6 +6,9 @@
 //! connect is submitted here as an `IORING_OP_CONNECT` through its public
 //! [`UnsubmittedOneshot`]; the operation holds an `Rc` of the socket so the descriptor cannot be
 //! closed and reused while the kernel still refers to it.
+//!
+//! Sockets given to io_uring are in blocking mode: on an O_NONBLOCK socket the kernel returns
+//! EAGAIN for a read or write that cannot proceed instead of waiting for readiness itself.
 
 use std::io;
 use std::net::{Shutdown, SocketAddr};
@@ -50,10 +53,12 @@ impl Stream for UringStream {
 
 impl Net for Uring {
     const NAME: &'static str = "io_uring";
+    const NONBLOCKING: bool = false;
     type Stream = UringStream;
     type Listener = tokio_uring::net::TcpListener;
 
     fn listener(l: std::net::TcpListener) -> io::Result<Self::Listener> {
+        l.set_nonblocking(false)?;
         Ok(tokio_uring::net::TcpListener::from_std(l))
     }
 
@@ -71,6 +76,7 @@ impl Net for Uring {
     }
 
     fn stream(sock: Socket) -> io::Result<Self::Stream> {
+        sock.set_nonblocking(false)?;
         let s = tokio_uring::net::TcpStream::from_std(sock.into());
         Ok(UringStream(s))
     }

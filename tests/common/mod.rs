@@ -1,0 +1,220 @@
+//! Shared harness for the integration tests: start the real `ringsocks` binary on an ephemeral
+//! port, loopback target servers, and a small SOCKS client built on the crate's own codec.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ringsocks::proto::{rfc1929, socks4, socks5, Command as Cmd, ReplyCode, TargetAddr};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A running proxy; killed on drop.
+pub struct Proxy {
+    child: Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Every line it logged so far.
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proxy {
+    /// Starts `ringsocks serve --listen 127.0.0.1:0 ARGS...` and waits until it listens.
+    pub fn start(args: &[&str]) -> Proxy {
+        Self::start_on("127.0.0.1:0", args)
+    }
+
+    /// Same, on a given listen address.
+    pub fn start_on(listen: &str, args: &[&str]) -> Proxy {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ringsocks"))
+            .args(["serve", "--listen", listen, "--threads", "2", "--log-level", "debug"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start ringsocks");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    if let (Some(t), Ok(a)) = (tx.take(), rest.trim().parse::<SocketAddr>()) {
+                        let _ = t.send(a);
+                    }
+                }
+                log2.lock().unwrap().push(line);
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("ringsocks did not start: {:?}", log.lock().unwrap());
+            }
+        };
+        Proxy { child, addr, log }
+    }
+
+    /// Whether any log line contains `needle`.
+    pub fn logged(&self, needle: &str) -> bool {
+        self.log.lock().unwrap().iter().any(|l| l.contains(needle))
+    }
+
+    /// Waits up to 5 s for a log line containing `needle`.
+    pub async fn wait_logged(&self, needle: &str) -> bool {
+        for _ in 0..100 {
+            if self.logged(needle) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    /// Sends SIGTERM and waits for exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        // Safety: signalling a child we spawned and still own.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        self.child.wait().expect("wait")
+    }
+
+    /// The proxy's PID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.log.lock().unwrap();
+            let tail = &log[log.len().saturating_sub(40)..];
+            eprintln!("--- ringsocks log (last {} lines) ---\n{}", tail.len(), tail.join("\n"));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An echo server on `bind` (e.g. "127.0.0.1:0" or "[::1]:0"): every connection echoes until
+/// EOF, then half-closes.
+pub async fn echo_server(bind: &str) -> SocketAddr {
+    let l = TcpListener::bind(bind).await.expect("bind echo");
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// A port on loopback with nothing listening.
+pub fn closed_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// Our own SOCKS5 client: greeting (with credentials if given), request. Returns the stream
+/// after a success reply, or the reply code.
+pub async fn socks5_connect(
+    proxy: SocketAddr,
+    target: &TargetAddr,
+    creds: Option<(&str, &str)>,
+) -> Result<(TcpStream, TargetAddr), ReplyCode> {
+    let mut s = TcpStream::connect(proxy).await.expect("connect proxy");
+    let mut out = Vec::new();
+    match creds {
+        Some(_) => socks5::encode_greeting(&[socks5::METHOD_USERPASS], &mut out),
+        None => socks5::encode_greeting(&[socks5::METHOD_NO_AUTH], &mut out),
+    }
+    s.write_all(&out).await.unwrap();
+    let mut sel = [0u8; 2];
+    s.read_exact(&mut sel).await.expect("method selection");
+    assert_eq!(sel[0], 5);
+    if let Some((u, p)) = creds {
+        assert_eq!(sel[1], socks5::METHOD_USERPASS);
+        out.clear();
+        rfc1929::encode_request(u.as_bytes(), p.as_bytes(), &mut out);
+        s.write_all(&out).await.unwrap();
+        let mut st = [0u8; 2];
+        s.read_exact(&mut st).await.expect("auth status");
+        if st != [1, 0] {
+            return Err(ReplyCode::NotAllowed);
+        }
+    }
+    out.clear();
+    socks5::encode_request(Cmd::Connect, target, &mut out);
+    s.write_all(&out).await.unwrap();
+    let reply = read_socks5_reply(&mut s).await;
+    match reply.code {
+        ReplyCode::Succeeded => Ok((s, reply.bound)),
+        c => Err(c),
+    }
+}
+
+/// Reads one whole SOCKS5 reply.
+pub async fn read_socks5_reply(s: &mut TcpStream) -> socks5::Reply {
+    let mut buf = Vec::new();
+    loop {
+        if let Some((r, _)) = socks5::parse_reply(&buf).expect("well-formed reply") {
+            return r;
+        }
+        let mut b = [0u8; 1];
+        let n = s.read(&mut b).await.expect("read reply");
+        assert!(n > 0, "proxy closed before a complete reply; got {buf:?}");
+        buf.push(b[0]);
+    }
+}
+
+/// Our own SOCKS4/4a client. Returns the stream on 90, else the reply code byte.
+pub async fn socks4_connect(proxy: SocketAddr, target: &TargetAddr, userid: &str) -> Result<TcpStream, u8> {
+    let mut s = TcpStream::connect(proxy).await.expect("connect proxy");
+    let mut out = Vec::new();
+    socks4::encode_request(Cmd::Connect, target, userid.as_bytes(), &mut out);
+    s.write_all(&out).await.unwrap();
+    let mut r = [0u8; 8];
+    s.read_exact(&mut r).await.expect("socks4 reply");
+    assert_eq!(r[0], 0);
+    if r[1] == 90 {
+        Ok(s)
+    } else {
+        Err(r[1])
+    }
+}
+
+/// Writes `msg`, half-closes, and reads everything back.
+pub async fn echo_roundtrip(mut s: TcpStream, msg: &[u8]) -> Vec<u8> {
+    s.write_all(msg).await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut back))
+        .await
+        .expect("echo timed out")
+        .unwrap();
+    back
+}
+
+/// Sends raw bytes and reads until the proxy closes (bounded by 5 s).
+pub async fn raw_exchange(proxy: SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut got = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await;
+    assert!(r.is_ok(), "proxy did not close the connection; got {got:?}");
+    got
+}
