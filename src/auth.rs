@@ -153,10 +153,19 @@ mod tests {
     #[test]
     fn malformed_entries() {
         let mut u = Users::new();
-        assert!(matches!(u.add_entry("nocolon", "x"), Err(UsersError::Malformed { .. })));
-        assert!(matches!(u.add_entry(":pw", "x"), Err(UsersError::Malformed { .. })));
+        assert!(matches!(
+            u.add_entry("nocolon", "x"),
+            Err(UsersError::Malformed { .. })
+        ));
+        assert!(matches!(
+            u.add_entry(":pw", "x"),
+            Err(UsersError::Malformed { .. })
+        ));
         let long = format!("a:{}", "p".repeat(256));
-        assert!(matches!(u.add_entry(&long, "x"), Err(UsersError::TooLong { .. })));
+        assert!(matches!(
+            u.add_entry(&long, "x"),
+            Err(UsersError::TooLong { .. })
+        ));
         assert!(u.is_empty());
     }
 
@@ -166,7 +175,10 @@ mod tests {
         std::fs::write(&dir, "# users\n\nalice:one\r\nbad line\n").unwrap();
         let mut u = Users::new();
         let err = u.load_file(&dir).unwrap_err().to_string();
-        assert!(err.ends_with(":4: expected NAME:PASSWORD with a non-empty name"), "{err}");
+        assert!(
+            err.ends_with(":4: expected NAME:PASSWORD with a non-empty name"),
+            "{err}"
+        );
         assert!(u.verify(b"alice", b"one"));
         std::fs::remove_file(&dir).unwrap();
     }

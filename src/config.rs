@@ -121,7 +121,9 @@ impl TryFrom<toml::Value> for DurationValue {
                 Ok(DurationValue(Duration::from_secs_f64(s)))
             }
             toml::Value::String(s) => parse_duration(&s).map(DurationValue),
-            other => Err(format!("expected a duration like 10 or \"10s\", got {other}")),
+            other => Err(format!(
+                "expected a duration like 10 or \"10s\", got {other}"
+            )),
         }
     }
 }
@@ -365,7 +367,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "h" => n * 3600.0,
         other => return Err(format!("unknown duration unit {other:?} in {s:?}")),
     };
-    if !secs.is_finite() || secs < 0.0 || secs > 1e9 {
+    if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
         return Err(format!("duration out of range: {s:?}"));
     }
     Ok(Duration::from_secs_f64(secs))
@@ -388,7 +390,10 @@ mod tests {
     #[test]
     fn defaults_are_safe() {
         let c = Config::resolve(&ServeArgs::default(), FileConfig::default()).unwrap();
-        assert_eq!(c.listen, vec![DEFAULT_LISTEN.parse::<SocketAddr>().unwrap()]);
+        assert_eq!(
+            c.listen,
+            vec![DEFAULT_LISTEN.parse::<SocketAddr>().unwrap()]
+        );
         assert_eq!(c.handshake_timeout, Duration::from_secs(10));
         assert_eq!(c.backlog, 4096);
         assert!(c.users.is_empty());
@@ -437,6 +442,13 @@ mod tests {
         assert_eq!(c.handshake_timeout, Duration::from_secs(3));
         assert_eq!(c.idle_timeout, None);
         assert!(c.users.verify(b"alice", b"pw"));
+    }
+
+    #[test]
+    fn shipped_example_config_is_valid() {
+        let file = FileConfig::parse(include_str!("../ringsocks.example.toml")).unwrap();
+        let c = Config::resolve(&ServeArgs::default(), file).unwrap();
+        assert_eq!(c.listen.len(), 2);
     }
 
     #[test]

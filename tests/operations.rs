@@ -12,18 +12,31 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
-/// Waits up to 5 s for the proxy's open descriptors to come back to `baseline`.
+/// Waits up to 10 s for the proxy's open descriptors to come back to `baseline`; on failure,
+/// prints what is still open.
 async fn fds_return_to(pid: u32, baseline: usize) -> usize {
     let mut now = fd_count(pid);
-    for _ in 0..100 {
+    for _ in 0..200 {
         if now <= baseline {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
         now = fd_count(pid);
+    }
+    if now > baseline {
+        let links: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter_map(|e| std::fs::read_link(e.path()).ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        eprintln!("open descriptors of {pid}: {links:?}");
     }
     now
 }
@@ -45,7 +58,10 @@ async fn reqwest_through_socks5h() {
                     }
                     req.extend_from_slice(&b[..n]);
                 }
-                let body = format!("you asked for {}", String::from_utf8_lossy(&req).lines().next().unwrap_or(""));
+                let body = format!(
+                    "you asked for {}",
+                    String::from_utf8_lossy(&req).lines().next().unwrap_or("")
+                );
                 let resp = format!(
                     "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                     body.len()
@@ -77,25 +93,41 @@ async fn connect_timeout_replies_host_unreachable_and_holds_no_fd() {
     // A listener that never accepts, its queue filled: further SYNs are dropped, so a connect
     // to it hangs like one to a blackholed host.
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
+    sock.bind(
+        &"127.0.0.1:0"
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .into(),
+    )
+    .unwrap();
     sock.listen(0).unwrap();
     let target = sock.local_addr().unwrap().as_socket().unwrap();
     let mut fillers = Vec::new();
     for _ in 0..4 {
-        if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(target)).await {
+        if let Ok(Ok(s)) =
+            tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(target)).await
+        {
             fillers.push(s);
         }
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
     let baseline = fd_count(proxy.pid());
     let t0 = Instant::now();
-    let e = socks5_connect(proxy.addr, &TargetAddr::Ip(target), None).await.unwrap_err();
+    let e = socks5_connect(proxy.addr, &TargetAddr::Ip(target), None)
+        .await
+        .unwrap_err();
     assert_eq!(e, ReplyCode::HostUnreachable);
     let took = t0.elapsed();
-    assert!(took >= Duration::from_millis(600) && took < Duration::from_secs(5), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(600) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
     assert!(proxy.wait_logged("connect timed out").await);
     let now = fds_return_to(proxy.pid(), baseline).await;
-    assert!(now <= baseline, "descriptors leaked: {baseline} before, {now} after");
+    assert!(
+        now <= baseline,
+        "descriptors leaked: {baseline} before, {now} after"
+    );
 }
 
 #[tokio::test]
@@ -106,28 +138,40 @@ async fn descriptors_return_to_baseline_after_tunnels_close() {
     let baseline = fd_count(proxy.pid());
     let mut tunnels = Vec::new();
     for _ in 0..200 {
-        tunnels.push(socks5_connect(proxy.addr, &TargetAddr::Ip(echo), None).await.unwrap().0);
+        tunnels.push(
+            socks5_connect(proxy.addr, &TargetAddr::Ip(echo), None)
+                .await
+                .unwrap()
+                .0,
+        );
     }
     assert!(fd_count(proxy.pid()) >= baseline + 400);
     // Half of them vanish abruptly (reset), half close cleanly.
     for (i, s) in tunnels.into_iter().enumerate() {
         if i % 2 == 0 {
             let std = s.into_std().unwrap();
-            socket2::SockRef::from(&std).set_linger(Some(Duration::ZERO)).unwrap();
+            socket2::SockRef::from(&std)
+                .set_linger(Some(Duration::ZERO))
+                .unwrap();
             drop(std);
         } else {
             assert_eq!(echo_roundtrip(s, b"bye").await, b"bye");
         }
     }
     let now = fds_return_to(proxy.pid(), baseline).await;
-    assert!(now <= baseline, "descriptors leaked: {baseline} before, {now} after");
+    assert!(
+        now <= baseline,
+        "descriptors leaked: {baseline} before, {now} after"
+    );
 }
 
 #[tokio::test]
 async fn idle_tunnels_are_closed() {
     let proxy = Proxy::start(&["--idle-timeout", "600ms"]);
     let echo = echo_server("127.0.0.1:0").await;
-    let (mut s, _) = socks5_connect(proxy.addr, &TargetAddr::Ip(echo), None).await.unwrap();
+    let (mut s, _) = socks5_connect(proxy.addr, &TargetAddr::Ip(echo), None)
+        .await
+        .unwrap();
     // Activity keeps it open past the timeout...
     for _ in 0..4 {
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -138,7 +182,10 @@ async fn idle_tunnels_are_closed() {
     // ...silence closes it.
     let t0 = Instant::now();
     let mut rest = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
     assert!(t0.elapsed() >= Duration::from_millis(500));
     assert!(proxy.wait_logged("idle timeout").await);
 }
@@ -147,7 +194,9 @@ async fn idle_tunnels_are_closed() {
 async fn sigterm_drains_live_tunnels_and_refuses_new_ones() {
     let mut proxy = Proxy::start(&["--drain-timeout", "20s"]);
     let echo = echo_server("127.0.0.1:0").await;
-    let (mut s, _) = socks5_connect(proxy.addr, &TargetAddr::Ip(echo), None).await.unwrap();
+    let (mut s, _) = socks5_connect(proxy.addr, &TargetAddr::Ip(echo), None)
+        .await
+        .unwrap();
     let pid = proxy.pid() as i32;
     // Safety: signalling a child we own.
     unsafe {
@@ -156,7 +205,10 @@ async fn sigterm_drains_live_tunnels_and_refuses_new_ones() {
     assert!(proxy.wait_logged("SIGTERM").await);
     tokio::time::sleep(Duration::from_millis(200)).await;
     // New clients are turned away...
-    assert!(TcpStream::connect(proxy.addr).await.is_err(), "listener closed");
+    assert!(
+        TcpStream::connect(proxy.addr).await.is_err(),
+        "listener closed"
+    );
     // ...while the live tunnel keeps flowing.
     s.write_all(b"still here").await.unwrap();
     let mut b = [0u8; 10];
@@ -166,7 +218,10 @@ async fn sigterm_drains_live_tunnels_and_refuses_new_ones() {
     assert_eq!(echo_roundtrip(s, b"last").await, b"last");
     let status = proxy.terminate();
     assert!(status.success(), "{status:?}");
-    assert!(t0.elapsed() < Duration::from_secs(5), "exited once the tunnel closed");
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "exited once the tunnel closed"
+    );
 }
 
 #[test]

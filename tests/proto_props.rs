@@ -141,6 +141,23 @@ fn garbage() -> impl Strategy<Value = Vec<u8>> {
     ]
 }
 
+/// Input for the handshake: garbage, garbage after a plausible version byte, or a valid
+/// client transcript cut short at a random point and continued with garbage.
+fn handshake_input() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        1 => garbage(),
+        1 => (prop_oneof![Just(4u8), Just(5)], garbage()).prop_map(|(v, rest)| {
+            [&[v][..], &rest].concat()
+        }),
+        2 => (transcript(), any::<Index>(), vec(piece(), 0..4)).prop_map(
+            |((_, bytes, _), cut, pieces)| {
+                let cut = cut.index(bytes.len() + 1);
+                [&bytes[..cut], &pieces.concat()].concat()
+            }
+        ),
+    ]
+}
+
 fn mutate(mut bytes: Vec<u8>, flips: &[(Index, u8)]) -> Vec<u8> {
     if !bytes.is_empty() {
         for (i, b) in flips {
@@ -595,7 +612,7 @@ proptest! {
     #[test]
     fn handshake_on_garbage(
         policy in policy(),
-        input in garbage(),
+        input in handshake_input(),
         sizes in vec(1usize..24, 1..16),
     ) {
         let whole = drive(policy, [input.as_slice()])?;

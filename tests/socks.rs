@@ -46,15 +46,22 @@ fn rt(runtime: &str) -> [&str; 2] {
 async fn socks5_ipv4_ipv6_and_domain(runtime: &str) {
     let proxy = Proxy::start(&rt(runtime));
     let v4 = echo_server("127.0.0.1:0").await;
-    let (s, bound) = socks5_connect(proxy.addr, &TargetAddr::Ip(v4), None).await.unwrap();
+    let (s, bound) = socks5_connect(proxy.addr, &TargetAddr::Ip(v4), None)
+        .await
+        .unwrap();
     assert!(matches!(bound, TargetAddr::Ip(a) if a.ip().is_loopback() && a.port() != 0));
     assert_eq!(echo_roundtrip(s, b"hello v4").await, b"hello v4");
 
     if let Ok(l) = std::net::TcpListener::bind("[::1]:0") {
         drop(l);
         let v6 = echo_server("[::1]:0").await;
-        let (s, bound) = socks5_connect(proxy.addr, &TargetAddr::Ip(v6), None).await.unwrap();
-        assert!(matches!(bound, TargetAddr::Ip(a) if a.is_ipv6()), "{bound:?}");
+        let (s, bound) = socks5_connect(proxy.addr, &TargetAddr::Ip(v6), None)
+            .await
+            .unwrap();
+        assert!(
+            matches!(bound, TargetAddr::Ip(a) if a.is_ipv6()),
+            "{bound:?}"
+        );
         assert_eq!(echo_roundtrip(s, b"hello v6").await, b"hello v6");
     }
 
@@ -77,13 +84,22 @@ async fn socks5_ipv4_ipv6_and_domain(runtime: &str) {
 async fn socks4_and_socks4a(runtime: &str) {
     let proxy = Proxy::start(&rt(runtime));
     let echo = echo_server("127.0.0.1:0").await;
-    let s = socks4_connect(proxy.addr, &TargetAddr::Ip(echo), "bob").await.unwrap();
-    assert_eq!(echo_roundtrip(s, b"four").await, b"four");
-    let s = socks4_connect(proxy.addr, &TargetAddr::Domain("localhost".into(), echo.port()), "")
+    let s = socks4_connect(proxy.addr, &TargetAddr::Ip(echo), "bob")
         .await
         .unwrap();
+    assert_eq!(echo_roundtrip(s, b"four").await, b"four");
+    let s = socks4_connect(
+        proxy.addr,
+        &TargetAddr::Domain("localhost".into(), echo.port()),
+        "",
+    )
+    .await
+    .unwrap();
     assert_eq!(echo_roundtrip(s, b"four-a").await, b"four-a");
-    assert!(proxy.wait_logged("user=\"bob\"").await, "SOCKS4 USERID is logged");
+    assert!(
+        proxy.wait_logged("user=\"bob\"").await,
+        "SOCKS4 USERID is logged"
+    );
 
     let mut s = tokio_socks::tcp::Socks4Stream::connect(proxy.addr, ("localhost", echo.port()))
         .await
@@ -94,7 +110,12 @@ async fn socks4_and_socks4a(runtime: &str) {
     assert_eq!(&b, b"x");
 
     let refused = closed_port();
-    assert_eq!(socks4_connect(proxy.addr, &TargetAddr::Ip(refused), "").await.unwrap_err(), 91);
+    assert_eq!(
+        socks4_connect(proxy.addr, &TargetAddr::Ip(refused), "")
+            .await
+            .unwrap_err(),
+        91
+    );
 }
 
 async fn userpass_auth_and_wrong_password(runtime: &str) {
@@ -108,7 +129,9 @@ async fn userpass_auth_and_wrong_password(runtime: &str) {
     ]);
     let echo = echo_server("127.0.0.1:0").await;
     let t = TargetAddr::Ip(echo);
-    let (s, _) = socks5_connect(proxy.addr, &t, Some(("alice", "correct horse"))).await.unwrap();
+    let (s, _) = socks5_connect(proxy.addr, &t, Some(("alice", "correct horse")))
+        .await
+        .unwrap();
     assert_eq!(echo_roundtrip(s, b"authed").await, b"authed");
 
     let mut s = tokio_socks::tcp::Socks5Stream::connect_with_password(proxy.addr, echo, "bob", "b")
@@ -128,10 +151,18 @@ async fn userpass_auth_and_wrong_password(runtime: &str) {
     let got = raw_exchange(proxy.addr, &[5, 1, 0]).await;
     assert_eq!(got, [5, 0xFF]);
     // SOCKS4 carries no password: refused with 91.
-    assert_eq!(socks4_connect(proxy.addr, &t, "alice").await.unwrap_err(), 91);
+    assert_eq!(
+        socks4_connect(proxy.addr, &t, "alice").await.unwrap_err(),
+        91
+    );
     assert!(proxy.wait_logged("authentication failed").await);
     assert!(
-        !proxy.log.lock().unwrap().iter().any(|l| l.contains("wrong") || l.contains("correct horse")),
+        !proxy
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains("wrong") || l.contains("correct horse")),
         "passwords must never be logged"
     );
 
@@ -145,7 +176,10 @@ async fn bad_inputs_get_the_right_reply(runtime: &str) {
     let proxy = Proxy::start(&rt(runtime));
     let echo = echo_server("127.0.0.1:0").await;
     // Wrong version: closed without a reply.
-    assert_eq!(raw_exchange(proxy.addr, b"GET / HTTP/1.1\r\n\r\n").await, b"");
+    assert_eq!(
+        raw_exchange(proxy.addr, b"GET / HTTP/1.1\r\n\r\n").await,
+        b""
+    );
     // Zero methods and no acceptable method: X'FF'.
     assert_eq!(raw_exchange(proxy.addr, &[5, 0]).await, [5, 0xFF]);
     assert_eq!(raw_exchange(proxy.addr, &[5, 2, 1, 0x80]).await, [5, 0xFF]);
@@ -166,26 +200,39 @@ async fn bad_inputs_get_the_right_reply(runtime: &str) {
     assert_eq!(got, [5, 0, 5, 7, 0, 1, 0, 0, 0, 0, 0, 0]);
     // A client resetting mid-handshake.
     let s = std::net::TcpStream::connect(proxy.addr).unwrap();
-    socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO)).unwrap();
+    socket2::SockRef::from(&s)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
     std::io::Write::write_all(&mut &s, &[5, 1]).unwrap();
     drop(s);
 
     // The workers are still serving everyone else.
     for _ in 0..8 {
-        let (s, _) = socks5_connect(proxy.addr, &TargetAddr::Ip(echo), None).await.unwrap();
+        let (s, _) = socks5_connect(proxy.addr, &TargetAddr::Ip(echo), None)
+            .await
+            .unwrap();
         assert_eq!(echo_roundtrip(s, b"still alive").await, b"still alive");
     }
-    assert!(proxy.wait_logged("reason=\"unknown-command\"").await || proxy.logged("reason=unknown-command"));
+    assert!(
+        proxy.wait_logged("reason=\"unknown-command\"").await
+            || proxy.logged("reason=unknown-command")
+    );
 }
 
 async fn refused_destination(runtime: &str) {
     let proxy = Proxy::start(&rt(runtime));
     let refused = closed_port();
-    let e = socks5_connect(proxy.addr, &TargetAddr::Ip(refused), None).await.unwrap_err();
-    assert_eq!(e, ReplyCode::ConnectionRefused);
-    let e = socks5_connect(proxy.addr, &TargetAddr::Domain("localhost".into(), refused.port()), None)
+    let e = socks5_connect(proxy.addr, &TargetAddr::Ip(refused), None)
         .await
         .unwrap_err();
+    assert_eq!(e, ReplyCode::ConnectionRefused);
+    let e = socks5_connect(
+        proxy.addr,
+        &TargetAddr::Domain("localhost".into(), refused.port()),
+        None,
+    )
+    .await
+    .unwrap_err();
     assert_eq!(e, ReplyCode::ConnectionRefused);
     assert!(proxy.wait_logged("connection-refused").await);
 }
@@ -222,11 +269,18 @@ async fn pipelined_handshake_and_payload(runtime: &str) {
     s.write_all(&msg).await.unwrap();
     s.shutdown().await.unwrap();
     let mut got = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got)).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(&got[..2], &[5, 0]);
     assert_eq!(&got[2..5], &[5, 0, 0]);
     assert_eq!(got.len(), 2 + 10 + payload.len());
-    assert_eq!(&got[12..], &payload[..], "every pipelined byte arrives, in order");
+    assert_eq!(
+        &got[12..],
+        &payload[..],
+        "every pipelined byte arrives, in order"
+    );
 }
 
 async fn half_close_both_ways(runtime: &str) {
@@ -240,15 +294,22 @@ async fn half_close_both_ways(runtime: &str) {
                 let mut all = Vec::new();
                 s.read_to_end(&mut all).await.unwrap();
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                s.write_all(format!("got {} bytes", all.len()).as_bytes()).await.unwrap();
+                s.write_all(format!("got {} bytes", all.len()).as_bytes())
+                    .await
+                    .unwrap();
             });
         }
     });
-    let (mut s, _) = socks5_connect(proxy.addr, &TargetAddr::Ip(target), None).await.unwrap();
+    let (mut s, _) = socks5_connect(proxy.addr, &TargetAddr::Ip(target), None)
+        .await
+        .unwrap();
     s.write_all(&[7u8; 3000]).await.unwrap();
     s.shutdown().await.unwrap(); // client -> target EOF, while target -> client stays open
     let mut back = String::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut back)).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut back))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(back, "got 3000 bytes");
 
     // The other way: the target half-closes first and still receives what the client sends.
@@ -262,13 +323,21 @@ async fn half_close_both_ways(runtime: &str) {
         s.read_to_end(&mut all).await.unwrap();
         all
     });
-    let (mut s, _) = socks5_connect(proxy.addr, &TargetAddr::Ip(target), None).await.unwrap();
+    let (mut s, _) = socks5_connect(proxy.addr, &TargetAddr::Ip(target), None)
+        .await
+        .unwrap();
     let mut first = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut first)).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut first))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(first, b"bye");
     s.write_all(b"after your FIN").await.unwrap();
     s.shutdown().await.unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(5), server).await.unwrap().unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(got, b"after your FIN");
 }
 
@@ -285,7 +354,10 @@ async fn big_transfer_hash_checked(runtime: &str) {
             let mut h = Sha256::new();
             let mut chunk = vec![0u8; 1 << 16];
             for i in 0..SIZE / chunk.len() {
-                chunk.iter_mut().enumerate().for_each(|(j, b)| *b = (i * 31 + j * 7) as u8);
+                chunk
+                    .iter_mut()
+                    .enumerate()
+                    .for_each(|(j, b)| *b = (i * 31 + j * 7) as u8);
                 h.update(&chunk);
                 w.write_all(&chunk).await.unwrap();
             }
@@ -306,7 +378,9 @@ async fn big_transfer_hash_checked(runtime: &str) {
         (n_total, h.finalize(), send.await.unwrap())
     });
 
-    let (s, _) = socks5_connect(proxy.addr, &TargetAddr::Ip(target), None).await.unwrap();
+    let (s, _) = socks5_connect(proxy.addr, &TargetAddr::Ip(target), None)
+        .await
+        .unwrap();
     let (mut r, mut w) = s.into_split();
     let up = tokio::spawn(async move {
         let mut h = Sha256::new();
@@ -315,7 +389,10 @@ async fn big_transfer_hash_checked(runtime: &str) {
         let mut i = 0usize;
         while left > 0 {
             let n = left.min(chunk.len());
-            chunk[..n].iter_mut().enumerate().for_each(|(j, b)| *b = (i * 13 + j) as u8);
+            chunk[..n]
+                .iter_mut()
+                .enumerate()
+                .for_each(|(j, b)| *b = (i * 13 + j) as u8);
             h.update(&chunk[..n]);
             w.write_all(&chunk[..n]).await.unwrap();
             left -= n;
@@ -353,7 +430,15 @@ async fn concurrent_tunnels(runtime: &str) {
     let mut opening = tokio::task::JoinSet::new();
     for i in 0..N {
         let p = proxy.addr;
-        opening.spawn(async move { (i, socks5_connect(p, &TargetAddr::Ip(echo), None).await.unwrap().0) });
+        opening.spawn(async move {
+            (
+                i,
+                socks5_connect(p, &TargetAddr::Ip(echo), None)
+                    .await
+                    .unwrap()
+                    .0,
+            )
+        });
         if opening.len() >= 128 {
             tunnels.push(opening.join_next().await.unwrap().unwrap());
         }

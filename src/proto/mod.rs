@@ -15,7 +15,7 @@ pub mod socks5;
 pub mod udp;
 
 pub use addr::TargetAddr;
-pub use error::ProtoError;
+pub use error::{ProtoError, WireReply};
 pub use handshake::{AuthPolicy, Credentials, Event, Handshake, Request};
 
 /// The outcome of a parse: `None` when more bytes are needed, else the message and how many

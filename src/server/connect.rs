@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-use super::net::{shutdown_fd, Net};
+use super::net::{setsockopt_int, shutdown_fd, Net};
 
 /// How to connect.
 #[derive(Debug, Clone, Copy)]
@@ -69,7 +69,8 @@ pub async fn happy_eyeballs<N: Net>(
                 // The losers are aborted as `attempts` drops.
                 drop(attempts);
                 let sock = winner.sock.take().and_then(|s| Rc::try_unwrap(s).ok());
-                let sock = sock.ok_or_else(|| io::Error::other("connect attempt still referenced"))?;
+                let sock =
+                    sock.ok_or_else(|| io::Error::other("connect attempt still referenced"))?;
                 return Ok((N::stream(sock)?, winner.addr));
             }
             Wake::Failed(i, e) => {
@@ -89,7 +90,11 @@ pub async fn happy_eyeballs<N: Net>(
                     Ok(a) => attempts.push(a),
                     Err(e) => error = Some(e),
                 }
-                let delay = if attempts.is_empty() { Duration::ZERO } else { opts.attempt_delay };
+                let delay = if attempts.is_empty() {
+                    Duration::ZERO
+                } else {
+                    opts.attempt_delay
+                };
                 timer.as_mut().reset(tokio::time::Instant::now() + delay);
             }
         }
@@ -105,7 +110,8 @@ pub async fn connect_one<N: Net>(addr: SocketAddr, opts: &ConnectOptions) -> io:
     let guard = AbortOnDrop(Some(sock.clone()));
     N::connect(sock.clone(), SockAddr::from(addr)).await?;
     drop(guard.disarm());
-    let sock = Rc::try_unwrap(sock).map_err(|_| io::Error::other("connect socket still referenced"))?;
+    let sock =
+        Rc::try_unwrap(sock).map_err(|_| io::Error::other("connect socket still referenced"))?;
     N::stream(sock)
 }
 
@@ -157,7 +163,11 @@ impl Drop for AbortOnDrop {
 /// A TCP socket for `addr` with TCP_NODELAY, bound to the egress address if one is set (same
 /// family only).
 fn socket(addr: SocketAddr, opts: &ConnectOptions, nonblocking: bool) -> io::Result<Socket> {
-    let ty = if nonblocking { Type::STREAM.nonblocking() } else { Type::STREAM };
+    let ty = if nonblocking {
+        Type::STREAM.nonblocking()
+    } else {
+        Type::STREAM
+    };
     let sock = Socket::new(Domain::for_address(addr), ty.cloexec(), Some(Protocol::TCP))?;
     sock.set_nodelay(true)?;
     if let Some(ip) = opts.egress_ip {
@@ -173,21 +183,10 @@ fn socket(addr: SocketAddr, opts: &ConnectOptions, nonblocking: bool) -> io::Res
 /// IP_BIND_ADDRESS_NO_PORT: `bind` fixes only the address; the port is chosen at `connect`,
 /// per destination, so egress-bound connections do not exhaust the ephemeral range.
 fn set_bind_address_no_port(sock: &Socket) -> io::Result<()> {
-    let one: libc::c_int = 1;
-    // Safety: a valid socket descriptor and a pointer to a c_int that lives across the call,
-    // with its size.
-    let r = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_BIND_ADDRESS_NO_PORT,
-            &one as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    setsockopt_int(
+        sock.as_raw_fd(),
+        libc::IPPROTO_IP,
+        libc::IP_BIND_ADDRESS_NO_PORT,
+        1,
+    )
 }

@@ -5,12 +5,20 @@
 use std::io;
 use std::net::SocketAddr;
 
+use std::os::fd::AsRawFd;
+
 use socket2::{Domain, Protocol, Socket, Type};
+
+use super::net::setsockopt_int;
 
 /// Builds a non-blocking listener on `addr` with SO_REUSEADDR, SO_REUSEPORT, TCP_NODELAY
 /// (inherited by accepted sockets) and the given backlog. IPv6 listeners are IPv6-only so that
 /// `[::]:1080` and `0.0.0.0:1080` can both be given.
-pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener> {
+pub fn bind(
+    addr: SocketAddr,
+    backlog: u32,
+    defer_accept_secs: u32,
+) -> io::Result<std::net::TcpListener> {
     let sock = Socket::new(
         Domain::for_address(addr),
         Type::STREAM.nonblocking().cloexec(),
@@ -22,6 +30,16 @@ pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener>
         sock.set_only_v6(true)?;
     }
     sock.set_nodelay(true)?;
+    // A SOCKS client always speaks first: let the kernel complete the accept only once the
+    // greeting has arrived, so the first read finds data and a silent connection costs no
+    // wakeup. Connections that stay silent are still accepted after the timeout (and then
+    // closed by the handshake timeout).
+    setsockopt_int(
+        sock.as_raw_fd(),
+        libc::IPPROTO_TCP,
+        libc::TCP_DEFER_ACCEPT,
+        defer_accept_secs.min(i32::MAX as u32) as libc::c_int,
+    )?;
     sock.bind(&addr.into())?;
     sock.listen(backlog.min(i32::MAX as u32) as i32)?;
     Ok(sock.into())
@@ -33,14 +51,17 @@ pub fn bind_all(
     addrs: &[SocketAddr],
     workers: usize,
     backlog: u32,
+    defer_accept_secs: u32,
 ) -> io::Result<Vec<Vec<std::net::TcpListener>>> {
-    let mut per_worker: Vec<Vec<std::net::TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
+    let mut per_worker: Vec<Vec<std::net::TcpListener>> =
+        (0..workers).map(|_| Vec::new()).collect();
     for &addr in addrs {
-        let first = bind(addr, backlog).map_err(|e| io::Error::new(e.kind(), format!("{addr}: {e}")))?;
+        let first = bind(addr, backlog, defer_accept_secs)
+            .map_err(|e| io::Error::new(e.kind(), format!("{addr}: {e}")))?;
         let actual = first.local_addr()?;
         per_worker[0].push(first);
         for list in per_worker.iter_mut().skip(1) {
-            list.push(bind(actual, backlog)?);
+            list.push(bind(actual, backlog, defer_accept_secs)?);
         }
     }
     Ok(per_worker)

@@ -91,8 +91,12 @@ pub fn serve(
     let kind = choose_runtime(config.runtime)?;
     let threads = config.threads;
     let per_worker =
-        listener::bind_all(&config.listen, threads, config.backlog).map_err(ServerError::Listen)?;
-    let bound: Vec<_> = per_worker[0].iter().filter_map(|l| l.local_addr().ok()).collect();
+        listener::bind_all(&config.listen, threads, config.backlog, defer_secs(&config))
+            .map_err(ServerError::Listen)?;
+    let bound: Vec<_> = per_worker[0]
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .collect();
     info!(
         runtime = ?kind,
         threads,
@@ -104,7 +108,10 @@ pub fn serve(
     if config.users.is_empty() {
         info!("no users configured: SOCKS5 without authentication, SOCKS4/4a accepted");
     } else {
-        info!(users = config.users.len(), "username/password authentication required");
+        info!(
+            users = config.users.len(),
+            "username/password authentication required"
+        );
     }
 
     let config = Arc::new(config);
@@ -181,10 +188,18 @@ pub fn serve(
         let _ = h.join();
     }
     if left > 0 {
-        info!(tunnels = left, "drain deadline passed; closing remaining tunnels");
+        info!(
+            tunnels = left,
+            "drain deadline passed; closing remaining tunnels"
+        );
     }
     info!("stopped");
     Ok(())
+}
+
+/// TCP_DEFER_ACCEPT timeout: as long as the handshake timeout, at least a second.
+fn defer_secs(config: &Config) -> u32 {
+    config.handshake_timeout.as_secs().clamp(1, 3600) as u32
 }
 
 fn epoll_block_on<F: std::future::Future<Output = io::Result<usize>>>(fut: F) -> io::Result<usize> {
@@ -196,7 +211,9 @@ fn epoll_block_on<F: std::future::Future<Output = io::Result<usize>>>(fut: F) ->
 }
 
 /// Waits for SIGINT or SIGTERM on a small thread of its own and flips `tx`.
-fn spawn_signal_thread(tx: watch::Sender<bool>) -> Result<std::thread::JoinHandle<()>, ServerError> {
+fn spawn_signal_thread(
+    tx: watch::Sender<bool>,
+) -> Result<std::thread::JoinHandle<()>, ServerError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -205,7 +222,10 @@ fn spawn_signal_thread(tx: watch::Sender<bool>) -> Result<std::thread::JoinHandl
     let (mut int, mut term) = rt
         .block_on(async {
             use tokio::signal::unix::{signal, SignalKind};
-            Ok::<_, io::Error>((signal(SignalKind::interrupt())?, signal(SignalKind::terminate())?))
+            Ok::<_, io::Error>((
+                signal(SignalKind::interrupt())?,
+                signal(SignalKind::terminate())?,
+            ))
         })
         .map_err(ServerError::Signals)?;
     std::thread::Builder::new()

@@ -37,7 +37,10 @@ impl Resolver {
             .map_err(|_| io::Error::other("resolver closed"))?;
         let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port)).await?.collect();
         if addrs.is_empty() {
-            return Err(io::Error::new(io::ErrorKind::NotFound, "name has no addresses"));
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "name has no addresses",
+            ));
         }
         Ok(interleave(addrs))
     }
@@ -85,7 +88,10 @@ mod tests {
             s("1.1.1.1:1"),
             s("[::1]:1"),
         ]);
-        assert_eq!(got, vec![s("[::1]:1"), s("1.1.1.1:1"), s("[::2]:1"), s("[::3]:1")]);
+        assert_eq!(
+            got,
+            vec![s("[::1]:1"), s("1.1.1.1:1"), s("[::2]:1"), s("[::3]:1")]
+        );
         let got = interleave(vec![s("1.1.1.1:1"), s("2.2.2.2:1"), s("[::1]:1")]);
         assert_eq!(got, vec![s("1.1.1.1:1"), s("[::1]:1"), s("2.2.2.2:1")]);
         assert!(interleave(vec![]).is_empty());

@@ -83,7 +83,8 @@ pub async fn run<N: Net>(ctx: Rc<WorkerCtx>, client: N::Stream, peer: SocketAddr
     }
 
     let connect_timeout = ctx.config.connect_timeout;
-    let connected = tokio::time::timeout(connect_timeout, connect::<N>(&ctx, &request.target)).await;
+    let connected =
+        tokio::time::timeout(connect_timeout, connect::<N>(&ctx, &request.target)).await;
     let (target, target_addr) = match connected {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
@@ -119,9 +120,9 @@ pub async fn run<N: Net>(ctx: Rc<WorkerCtx>, client: N::Stream, peer: SocketAddr
     let size = ctx.config.buffer_size;
     buf.reserve_exact(size.saturating_sub(buf.len()));
     let down_buf = Vec::with_capacity(size);
+    // The relay leaves both sockets shut down (FIN sent each way, or both shut on an error or
+    // idle timeout); dropping them closes them.
     let stats = relay(&client, &target, buf, down_buf, ctx.config.idle_timeout).await;
-    client.shutdown(Shutdown::Both);
-    target.shutdown(Shutdown::Both);
     let err = stats.error.as_ref().map(|(s, e)| (*s, e));
     if stats.idle_timeout {
         log.relayed_idle(target_addr, stats.up, stats.down);
@@ -212,7 +213,10 @@ async fn handshake<S: Stream>(
 }
 
 /// Resolves (if needed) and connects to the target.
-async fn connect<N: Net>(ctx: &WorkerCtx, target: &TargetAddr) -> io::Result<(N::Stream, SocketAddr)> {
+async fn connect<N: Net>(
+    ctx: &WorkerCtx,
+    target: &TargetAddr,
+) -> io::Result<(N::Stream, SocketAddr)> {
     match target {
         TargetAddr::Ip(addr) => happy_eyeballs::<N>(std::slice::from_ref(addr), &ctx.connect).await,
         TargetAddr::Domain(host, port) => {
@@ -225,7 +229,9 @@ async fn connect<N: Net>(ctx: &WorkerCtx, target: &TargetAddr) -> io::Result<(N:
 fn log_handshake_failure(peer: SocketAddr, e: &SessionError) {
     match e {
         SessionError::ClientClosed => debug!(client = %peer, "handshake: {e}"),
-        SessionError::Proto(p) => info!(client = %peer, reason = p.as_str(), "handshake rejected: {e}"),
+        SessionError::Proto(p) => {
+            info!(client = %peer, reason = p.as_str(), "handshake rejected: {e}")
+        }
         _ => info!(client = %peer, "handshake failed: {e}"),
     }
 }

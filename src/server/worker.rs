@@ -112,7 +112,11 @@ pub async fn run<N: Net>(
 
     let drain = ctx.config.drain_timeout;
     if ctx.active.get() > 0 {
-        info!(worker = id, tunnels = ctx.active.get(), "draining for up to {drain:?}");
+        info!(
+            worker = id,
+            tunnels = ctx.active.get(),
+            "draining for up to {drain:?}"
+        );
         let wait = async {
             while ctx.active.get() > 0 {
                 ctx.idle.notified().await;
@@ -135,13 +139,17 @@ async fn accept_loop<N: Net>(ctx: Rc<WorkerCtx>, listener: N::Listener, stopping
             Err(e) => match e.raw_os_error() {
                 // Out of descriptors or memory: existing tunnels keep flowing; back off rather
                 // than spin, and retry (the backlog holds new clients meanwhile).
-                Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM) => {
+                Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS)
+                | Some(libc::ENOMEM) => {
                     warn!(worker = ctx.id, "accept: {e}; retrying in {backoff:?}");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(1));
                 }
                 // The connection died in the backlog: nothing to do.
-                Some(libc::ECONNABORTED) | Some(libc::EPROTO) | Some(libc::EINTR) | Some(libc::EPERM) => {}
+                Some(libc::ECONNABORTED)
+                | Some(libc::EPROTO)
+                | Some(libc::EINTR)
+                | Some(libc::EPERM) => {}
                 _ => {
                     error!(worker = ctx.id, "accept: {e}");
                     tokio::time::sleep(backoff).await;

@@ -30,7 +30,15 @@ impl Proxy {
     /// Same, on a given listen address.
     pub fn start_on(listen: &str, args: &[&str]) -> Proxy {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ringsocks"))
-            .args(["serve", "--listen", listen, "--threads", "2", "--log-level", "debug"])
+            .args([
+                "serve",
+                "--listen",
+                listen,
+                "--threads",
+                "2",
+                "--log-level",
+                "debug",
+            ])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -99,7 +107,11 @@ impl Drop for Proxy {
         if std::thread::panicking() {
             let log = self.log.lock().unwrap();
             let tail = &log[log.len().saturating_sub(40)..];
-            eprintln!("--- ringsocks log (last {} lines) ---\n{}", tail.len(), tail.join("\n"));
+            eprintln!(
+                "--- ringsocks log (last {} lines) ---\n{}",
+                tail.len(),
+                tail.join("\n")
+            );
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -182,7 +194,11 @@ pub async fn read_socks5_reply(s: &mut TcpStream) -> socks5::Reply {
 }
 
 /// Our own SOCKS4/4a client. Returns the stream on 90, else the reply code byte.
-pub async fn socks4_connect(proxy: SocketAddr, target: &TargetAddr, userid: &str) -> Result<TcpStream, u8> {
+pub async fn socks4_connect(
+    proxy: SocketAddr,
+    target: &TargetAddr,
+    userid: &str,
+) -> Result<TcpStream, u8> {
     let mut s = TcpStream::connect(proxy).await.expect("connect proxy");
     let mut out = Vec::new();
     socks4::encode_request(Cmd::Connect, target, userid.as_bytes(), &mut out);

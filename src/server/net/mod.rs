@@ -93,3 +93,29 @@ pub(crate) fn local_addr_of(fd: RawFd) -> io::Result<SocketAddr> {
         .as_socket()
         .ok_or_else(|| io::Error::other("not an IP socket"))
 }
+
+/// `setsockopt(2)` with an integer value, for options socket2 does not wrap
+/// (TCP_DEFER_ACCEPT, IP_BIND_ADDRESS_NO_PORT).
+pub(crate) fn setsockopt_int(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // Safety: a pointer to a c_int that lives across the call, with its size; an invalid
+    // descriptor or option is reported as an error.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            &value as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}

@@ -69,14 +69,19 @@ impl Net for Uring {
 
     async fn connect(sock: Rc<Socket>, addr: SockAddr) -> io::Result<()> {
         let addr = Box::new(addr);
-        let entry = opcode::Connect::new(types::Fd(sock.as_raw_fd()), addr.as_ptr(), addr.len())
-            .build();
-        let data = ConnectData { _sock: sock, _addr: addr };
-        UnsubmittedOneshot::new(data, ConnectDone, entry).submit().await
+        let entry =
+            opcode::Connect::new(types::Fd(sock.as_raw_fd()), addr.as_ptr(), addr.len()).build();
+        let data = ConnectData {
+            _sock: sock,
+            _addr: addr,
+        };
+        UnsubmittedOneshot::new(data, ConnectDone, entry)
+            .submit()
+            .await
     }
 
     fn stream(sock: Socket) -> io::Result<Self::Stream> {
-        sock.set_nonblocking(false)?;
+        // Created in blocking mode by the connector (NONBLOCKING is false).
         let s = tokio_uring::net::TcpStream::from_std(sock.into());
         Ok(UringStream(s))
     }
@@ -106,7 +111,9 @@ impl OneshotOutputTransform for ConnectDone {
 pub fn unavailable_reason() -> Option<String> {
     if let Ok(v) = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled") {
         match v.trim() {
-            "2" => return Some("kernel.io_uring_disabled = 2 (io_uring disabled system-wide)".into()),
+            "2" => {
+                return Some("kernel.io_uring_disabled = 2 (io_uring disabled system-wide)".into())
+            }
             "1" => {
                 // 1: only processes in kernel.io_uring_group (or with CAP_SYS_ADMIN) may use
                 // it; the probe below tells whether that includes us.
@@ -118,8 +125,12 @@ pub fn unavailable_reason() -> Option<String> {
         Ok(r) => r,
         Err(e) => {
             let why = match e.raw_os_error() {
-                Some(libc::ENOSYS) => "io_uring_setup is not implemented (kernel too old or disabled)",
-                Some(libc::EPERM) => "io_uring_setup not permitted (seccomp or kernel.io_uring_disabled)",
+                Some(libc::ENOSYS) => {
+                    "io_uring_setup is not implemented (kernel too old or disabled)"
+                }
+                Some(libc::EPERM) => {
+                    "io_uring_setup not permitted (seccomp or kernel.io_uring_disabled)"
+                }
                 _ => "io_uring_setup failed",
             };
             return Some(format!("{why}: {e}"));
@@ -145,7 +156,11 @@ pub fn unavailable_reason() -> Option<String> {
 /// Runs `fut` on a new tokio-uring runtime on this thread. The completion queue is sized well
 /// above the submission queue: every tunnel keeps up to four operations in flight, and a full
 /// CQ would have the kernel buffer completions (IORING_FEAT_NODROP) at a cost.
-pub fn block_on<F: std::future::Future>(sq_entries: u32, cq_entries: u32, fut: F) -> io::Result<F::Output> {
+pub fn block_on<F: std::future::Future>(
+    sq_entries: u32,
+    cq_entries: u32,
+    fut: F,
+) -> io::Result<F::Output> {
     let mut ring = io_uring::IoUring::builder();
     ring.setup_cqsize(cq_entries);
     let mut builder = tokio_uring::builder();
