@@ -124,9 +124,8 @@ impl ReplyCode {
                     Self::HostUnreachable
                 }
                 Some(libc::ECONNREFUSED) => Self::ConnectionRefused,
-                Some(libc::EAFNOSUPPORT) | Some(libc::EADDRNOTAVAIL) => {
-                    Self::AddressTypeNotSupported
-                }
+                // The host cannot reach that address family at all.
+                Some(libc::EAFNOSUPPORT) => Self::AddressTypeNotSupported,
                 _ => Self::GeneralFailure,
             },
         }
@@ -197,8 +196,9 @@ mod tests {
                 ReplyCode::AddressTypeNotSupported,
             ),
             (
+                // Ephemeral ports exhausted: a server-side failure, not the address's fault.
                 Error::from_raw_os_error(libc::EADDRNOTAVAIL),
-                ReplyCode::AddressTypeNotSupported,
+                ReplyCode::GeneralFailure,
             ),
             (
                 Error::from_raw_os_error(libc::EMFILE),
