@@ -234,3 +234,24 @@ fn open_proxy_on_public_address_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--allow-open"), "{err}");
 }
+
+#[tokio::test]
+async fn listens_on_ipv6_and_ipv4_at_once() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("no IPv6 loopback here; skipped");
+        return;
+    }
+    let port = closed_port().port();
+    let proxy = Proxy::start_on(
+        &format!("[::1]:{port}"),
+        &["--listen", &format!("127.0.0.1:{port}")],
+    );
+    let echo = echo_server("127.0.0.1:0").await;
+    for addr in [format!("[::1]:{port}"), format!("127.0.0.1:{port}")] {
+        let (s, _) = socks5_connect(addr.parse().unwrap(), &TargetAddr::Ip(echo), None)
+            .await
+            .unwrap();
+        assert_eq!(echo_roundtrip(s, addr.as_bytes()).await, addr.as_bytes());
+    }
+    drop(proxy);
+}

@@ -190,3 +190,110 @@ fn set_bind_address_no_port(sock: &Socket) -> io::Result<()> {
         1,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::net::epoll::Epoll;
+    use crate::server::net::uring::Uring;
+    use std::time::Instant;
+
+    /// A loopback address whose connects hang like a blackholed host's: a listener that never
+    /// accepts, its queue already full, so further SYNs are dropped.
+    fn blackhole() -> (Socket, Vec<std::net::TcpStream>, SocketAddr) {
+        let l = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        l.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        l.listen(0).unwrap();
+        let addr = l.local_addr().unwrap().as_socket().unwrap();
+        let mut fill = Vec::new();
+        for _ in 0..3 {
+            let s = Socket::new(Domain::IPV4, Type::STREAM.nonblocking(), None).unwrap();
+            let _ = s.connect(&addr.into());
+            fill.push(s.into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        (l, fill, addr)
+    }
+
+    fn opts() -> ConnectOptions {
+        ConnectOptions {
+            egress_ip: None,
+            attempt_delay: Duration::from_millis(100),
+        }
+    }
+
+    async fn falls_back_past_dead_and_slow_addresses<N: Net>() {
+        let good = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let good_addr = good.local_addr().unwrap();
+        let refused = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let (_l, _fill, hole) = blackhole();
+
+        // Refused first: the next attempt starts at once, not after the delay.
+        let t0 = Instant::now();
+        let (_s, via) = happy_eyeballs::<N>(&[refused, good_addr], &opts())
+            .await
+            .unwrap();
+        assert_eq!(via, good_addr);
+        assert!(
+            t0.elapsed() < Duration::from_millis(90),
+            "{:?}",
+            t0.elapsed()
+        );
+
+        // Blackholed first: the next attempt starts after the attempt delay, and wins.
+        let t0 = Instant::now();
+        let (_s, via) = happy_eyeballs::<N>(&[hole, refused, good_addr], &opts())
+            .await
+            .unwrap();
+        assert_eq!(via, good_addr);
+        let took = t0.elapsed();
+        assert!(
+            took >= Duration::from_millis(90) && took < Duration::from_secs(2),
+            "{took:?}"
+        );
+
+        // Everything refused: the refusal is reported.
+        let Err(e) = happy_eyeballs::<N>(&[refused, refused], &opts()).await else {
+            panic!("connected to a closed port");
+        };
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused);
+    }
+
+    #[test]
+    fn happy_eyeballs_epoll() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        tokio::task::LocalSet::new()
+            .block_on(&rt, falls_back_past_dead_and_slow_addresses::<Epoll>());
+    }
+
+    #[test]
+    fn happy_eyeballs_uring() {
+        if crate::server::net::uring::unavailable_reason().is_some() {
+            eprintln!("io_uring unavailable here; skipped");
+            return;
+        }
+        tokio_uring::start(falls_back_past_dead_and_slow_addresses::<Uring>());
+    }
+
+    #[test]
+    fn egress_ip_sets_the_source_address() {
+        let target = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = target.local_addr().unwrap();
+        let opts = ConnectOptions {
+            egress_ip: Some("127.0.0.2".parse().unwrap()),
+            ..opts()
+        };
+        tokio_uring::start(async {
+            let _s = connect_one::<Uring>(addr, &opts).await.unwrap();
+        });
+        let (_s, peer) = target.accept().unwrap();
+        assert_eq!(peer.ip().to_string(), "127.0.0.2");
+    }
+}
