@@ -39,9 +39,13 @@ fn serve(args: &ServeArgs) -> ExitCode {
     };
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Log lines are written by a dedicated thread: a worker never blocks on a slow stderr
+    // (a full pipe to journald, a paused terminal). If that thread falls more than 128k lines
+    // behind, lines are dropped rather than stalling tunnels.
+    let (writer, _flush_on_exit) = tracing_appender::non_blocking(std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match ringsocks::server::run(config) {
