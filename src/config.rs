@@ -28,6 +28,18 @@ pub enum RuntimeChoice {
     Epoll,
 }
 
+/// How tunnels move bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum RelayChoice {
+    /// splice on io_uring, copy on epoll.
+    Auto,
+    /// socket -> pipe -> socket in the kernel (io_uring runtime; epoll falls back to copy).
+    Splice,
+    /// Through pooled user-space buffers.
+    Copy,
+}
+
 /// `ringsocks serve` flags. Every flag is optional so that the config file can supply it.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ServeArgs {
@@ -76,9 +88,16 @@ pub struct ServeArgs {
     /// Source address for outbound connections (uses IP_BIND_ADDRESS_NO_PORT)
     #[arg(long, value_name = "IP")]
     pub egress_ip: Option<IpAddr>,
-    /// Relay buffer per direction, in bytes [default: 65536]
+    /// How tunnels move bytes [default: auto = splice on io_uring, copy on epoll]
+    #[arg(long, value_enum)]
+    pub relay: Option<RelayChoice>,
+    /// Copy-relay buffer size, in bytes; buffers are pooled per worker and held only while
+    /// bytes move [default: 65536]
     #[arg(long, value_name = "BYTES")]
     pub buffer_size: Option<usize>,
+    /// Splice-relay pipe size, in bytes (F_SETPIPE_SZ; capped by fs.pipe-max-size) [default: 65536]
+    #[arg(long, value_name = "BYTES")]
+    pub pipe_size: Option<usize>,
     /// Happy Eyeballs connection attempt delay (RFC 8305) [default: 250ms]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub happy_eyeballs_delay: Option<Duration>,
@@ -103,7 +122,9 @@ pub struct FileConfig {
     idle_timeout: Option<DurationValue>,
     drain_timeout: Option<DurationValue>,
     egress_ip: Option<IpAddr>,
+    relay: Option<RelayChoice>,
     buffer_size: Option<usize>,
+    pipe_size: Option<usize>,
     happy_eyeballs_delay: Option<DurationValue>,
 }
 
@@ -157,8 +178,12 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Outbound source address.
     pub egress_ip: Option<IpAddr>,
-    /// Relay buffer per direction.
+    /// Relay mode.
+    pub relay: RelayChoice,
+    /// Copy-relay buffer size.
     pub buffer_size: usize,
+    /// Splice-relay pipe size.
+    pub pipe_size: usize,
     /// RFC 8305 connection attempt delay.
     pub happy_eyeballs_delay: Duration,
 }
@@ -246,6 +271,12 @@ impl Config {
                 "buffer_size must be between 512 bytes and 16 MiB, got {buffer_size}"
             )));
         }
+        let pipe_size = args.pipe_size.or(file.pipe_size).unwrap_or(64 * 1024);
+        if !(4096..=64 << 20).contains(&pipe_size) {
+            return Err(ConfigError::Invalid(format!(
+                "pipe_size must be between 4 KiB and 64 MiB, got {pipe_size}"
+            )));
+        }
         let dur = |a: Option<Duration>, f: Option<DurationValue>, d: Duration| {
             a.or(f.map(|v| v.0)).unwrap_or(d)
         };
@@ -295,7 +326,9 @@ impl Config {
                 Duration::from_secs(30),
             ),
             egress_ip: args.egress_ip.or(file.egress_ip),
+            relay: args.relay.or(file.relay).unwrap_or(RelayChoice::Auto),
             buffer_size,
+            pipe_size,
             happy_eyeballs_delay: dur(
                 args.happy_eyeballs_delay,
                 file.happy_eyeballs_delay,

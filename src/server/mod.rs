@@ -4,6 +4,7 @@
 pub mod connect;
 pub mod listener;
 pub mod net;
+pub mod pool;
 pub mod relay;
 pub mod resolve;
 pub mod session;
@@ -97,8 +98,16 @@ pub fn serve(
         .iter()
         .filter_map(|l| l.local_addr().ok())
         .collect();
+    let relay = match kind {
+        RuntimeKind::Uring => worker::relay_mode::<net::uring::Uring>(config.relay),
+        RuntimeKind::Epoll => worker::relay_mode::<net::epoll::Epoll>(config.relay),
+    };
+    if config.relay == crate::config::RelayChoice::Splice && relay != relay::Mode::Splice {
+        warn!("--relay splice needs the io_uring runtime; using copy");
+    }
     info!(
         runtime = ?kind,
+        ?relay,
         threads,
         nofile,
         "ringsocks {} starting: about {} concurrent tunnels fit in the descriptor limit",

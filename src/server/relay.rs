@@ -1,11 +1,17 @@
-//! The relay: two directions copied concurrently through owned buffers, half-close carried
-//! through, bytes counted, idle tunnels closed. One call, [`relay`], so that a zero-copy
-//! (splice) implementation can stand behind the same signature.
+//! The relay: two directions moved concurrently, half-close carried through, bytes counted,
+//! idle tunnels closed. One call, [`relay`], with two ways to move bytes behind it:
 //!
+//! - **copy**: read into a buffer, write it out. The buffer comes from the worker's pool and
+//!   goes back as soon as it is written, and a direction with nothing to read waits for
+//!   readability (a poll) holding no buffer at all.
+//! - **splice**: socket -> pipe -> socket inside the kernel (no copy through user space), with
+//!   a pipe taken from the worker's pool only while bytes move and returned empty.
+//!
+//! Both follow the same rules:
 //! - EOF from one side becomes `shutdown(Write)` on the other; the tunnel ends when both
 //!   directions have ended (a client that half-closes still gets the whole response).
 //! - An error on either side (a reset, a failed write) shuts both sockets down in both
-//!   directions, which completes the other direction's pending read at once.
+//!   directions, which completes the other direction's pending operation at once.
 //! - With an idle timeout, a tunnel with no bytes moving either way for that long is shut
 //!   down the same way.
 
@@ -15,6 +21,16 @@ use std::net::Shutdown;
 use std::time::{Duration, Instant};
 
 use super::net::Stream;
+use super::pool::Pools;
+
+/// How bytes are moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Through pooled user-space buffers.
+    Copy,
+    /// Through pooled pipes with splice(2) (io_uring runtime only).
+    Splice,
+}
 
 /// Which end of a tunnel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +49,13 @@ impl Side {
             Side::Target => "target",
         }
     }
+
+    fn other(self) -> Side {
+        match self {
+            Side::Client => Side::Target,
+            Side::Target => Side::Client,
+        }
+    }
 }
 
 /// How a tunnel ended.
@@ -48,21 +71,21 @@ pub struct RelayStats {
     pub idle_timeout: bool,
 }
 
-/// Relays between `client` and `target` until both directions end. `up_buf` and `down_buf`
-/// are the per-direction buffers (their capacity is the read size); `up_buf` may arrive
-/// holding bytes already read from the client (pipelined after the handshake), which are
-/// written to the target first.
+/// Relays between `client` and `target` until both directions end. `pending` holds bytes
+/// already read from the client (pipelined after its request); they go to the target first.
 pub async fn relay<S: Stream>(
     client: &S,
     target: &S,
-    up_buf: Vec<u8>,
-    down_buf: Vec<u8>,
+    pending: Vec<u8>,
+    pools: &Pools,
+    mode: Mode,
     idle_timeout: Option<Duration>,
 ) -> RelayStats {
     let activity = Cell::new(Instant::now());
     let up = Cell::new(0u64);
     let down = Cell::new(0u64);
     let first_error: Cell<Option<(Side, io::Error)>> = Cell::new(None);
+    let mode = if S::SPLICE { mode } else { Mode::Copy };
 
     let up_dir = Direction {
         from: client,
@@ -71,6 +94,7 @@ pub async fn relay<S: Stream>(
         bytes: &up,
         activity: &activity,
         error: &first_error,
+        pools,
     };
     let down_dir = Direction {
         from: target,
@@ -79,8 +103,9 @@ pub async fn relay<S: Stream>(
         bytes: &down,
         activity: &activity,
         error: &first_error,
+        pools,
     };
-    let both = async { tokio::join!(up_dir.run(up_buf), down_dir.run(down_buf)) };
+    let both = async { tokio::join!(up_dir.run(pending, mode), down_dir.run(Vec::new(), mode)) };
 
     let mut idle_fired = false;
     match idle_timeout {
@@ -96,7 +121,7 @@ pub async fn relay<S: Stream>(
                     idle_fired = true;
                     client.shutdown(Shutdown::Both);
                     target.shutdown(Shutdown::Both);
-                    // Both directions now end promptly; their buffers come back with them.
+                    // Both directions now end promptly; pooled buffers and pipes come back.
                     both.await;
                 }
             }
@@ -118,43 +143,158 @@ struct Direction<'a, S> {
     bytes: &'a Cell<u64>,
     activity: &'a Cell<Instant>,
     error: &'a Cell<Option<(Side, io::Error)>>,
+    pools: &'a Pools,
+}
+
+/// Why a direction stopped.
+enum End {
+    /// End of stream from `from`; `to` was half-closed.
+    Eof,
+    /// An error on one side.
+    Failed(Side, io::Error),
 }
 
 impl<S: Stream> Direction<'_, S> {
-    async fn run(&self, mut buf: Vec<u8>) {
-        let to_side = match self.from_side {
-            Side::Client => Side::Target,
-            Side::Target => Side::Client,
-        };
-        if !buf.is_empty() {
-            let n = buf.len() as u64;
-            let (r, b) = self.to.write_all(buf).await;
-            buf = b;
-            if let Err(e) = r {
-                return self.fail(to_side, e);
+    async fn run(&self, pending: Vec<u8>, mode: Mode) {
+        if !pending.is_empty() {
+            let n = pending.len() as u64;
+            if let (Err(e), _) = self.to.write_all(pending).await {
+                return self.fail(self.from_side.other(), e);
             }
-            self.bytes.set(self.bytes.get() + n);
+            self.count(n);
         }
+        let end = match mode {
+            Mode::Copy => self.copy().await,
+            Mode::Splice => self.splice().await,
+        };
+        match end {
+            End::Eof => self.to.shutdown(Shutdown::Write),
+            End::Failed(side, e) => self.fail(side, e),
+        }
+    }
+
+    /// Read what is there into a pooled buffer, write it, give the buffer back; when nothing
+    /// is there, wait for readability without a buffer.
+    async fn copy(&self) -> End {
+        let buffers = &self.pools.buffers;
         loop {
-            buf.clear();
-            let (r, b) = self.from.read(buf).await;
-            buf = b;
-            let n = match r {
+            let (r, buf) = self.from.read_now(buffers.take()).await;
+            match r {
                 Ok(0) => {
-                    self.to.shutdown(Shutdown::Write);
-                    return;
+                    buffers.give(buf);
+                    return End::Eof;
+                }
+                Ok(n) => {
+                    let (w, buf) = self.to.write_all(buf).await;
+                    buffers.give(buf);
+                    if let Err(e) = w {
+                        return End::Failed(self.from_side.other(), e);
+                    }
+                    self.count(n as u64);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    buffers.give(buf);
+                    if let Err(e) = self.from.readable().await {
+                        return End::Failed(self.from_side, e);
+                    }
+                }
+                Err(e) => {
+                    buffers.give(buf);
+                    return End::Failed(self.from_side, e);
+                }
+            }
+        }
+    }
+
+    /// Wait for readability, then splice what is there into a pooled pipe and out to the other
+    /// side, and give the (empty) pipe back before waiting again.
+    async fn splice(&self) -> End {
+        let pipes = &self.pools.pipes;
+        loop {
+            if let Err(e) = self.from.readable().await {
+                return End::Failed(self.from_side, e);
+            }
+            let pipe = match pipes.take() {
+                Ok(p) => p,
+                Err(e) => {
+                    // Out of descriptors for a pipe: move this chunk by copying instead.
+                    tracing::debug!("no pipe for splice ({e}); copying");
+                    match self.copy_once().await {
+                        Ok(true) => continue,
+                        Ok(false) => return End::Eof,
+                        Err(end) => return end,
+                    }
+                }
+            };
+            let n = match self.from.splice_in(&pipe, pipes.size()).await {
+                Ok(0) => {
+                    pipes.give(pipe);
+                    return End::Eof;
                 }
                 Ok(n) => n,
-                Err(e) => return self.fail(self.from_side, e),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    pipes.give(pipe);
+                    continue;
+                }
+                Err(e) => {
+                    pipes.give(pipe);
+                    return End::Failed(self.from_side, e);
+                }
             };
             self.activity.set(Instant::now());
-            let (r, b) = self.to.write_all(buf).await;
-            buf = b;
-            if let Err(e) = r {
-                return self.fail(to_side, e);
+            let mut left = n;
+            while left > 0 {
+                match self.to.splice_out(&pipe, left).await {
+                    Ok(0) => {
+                        pipes.discard(pipe);
+                        return End::Failed(
+                            self.from_side.other(),
+                            io::ErrorKind::WriteZero.into(),
+                        );
+                    }
+                    Ok(m) => left -= m,
+                    Err(e) => {
+                        // The pipe may still hold bytes: close it rather than pool it.
+                        pipes.discard(pipe);
+                        return End::Failed(self.from_side.other(), e);
+                    }
+                }
             }
-            self.bytes.set(self.bytes.get() + n as u64);
+            pipes.give(pipe);
+            self.count(n as u64);
         }
+    }
+
+    /// One copy step (used when no pipe can be had): `Ok(false)` at end of stream.
+    async fn copy_once(&self) -> Result<bool, End> {
+        let buffers = &self.pools.buffers;
+        let (r, buf) = self.from.read_now(buffers.take()).await;
+        match r {
+            Ok(0) => {
+                buffers.give(buf);
+                Ok(false)
+            }
+            Ok(n) => {
+                let (w, buf) = self.to.write_all(buf).await;
+                buffers.give(buf);
+                w.map_err(|e| End::Failed(self.from_side.other(), e))?;
+                self.count(n as u64);
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                buffers.give(buf);
+                Ok(true)
+            }
+            Err(e) => {
+                buffers.give(buf);
+                Err(End::Failed(self.from_side, e))
+            }
+        }
+    }
+
+    fn count(&self, n: u64) {
+        self.bytes.set(self.bytes.get() + n);
+        self.activity.set(Instant::now());
     }
 
     /// Records the first error and shuts both sockets down so the other direction ends too.

@@ -117,12 +117,10 @@ pub async fn run<N: Net>(ctx: Rc<WorkerCtx>, client: N::Stream, peer: SocketAddr
 
     // Bytes the client pipelined after its request go to the target first.
     buf.drain(..consumed);
-    let size = ctx.config.buffer_size;
-    buf.reserve_exact(size.saturating_sub(buf.len()));
-    let down_buf = Vec::with_capacity(size);
     // The relay leaves both sockets shut down (FIN sent each way, or both shut on an error or
     // idle timeout); dropping them closes them.
-    let stats = relay(&client, &target, buf, down_buf, ctx.config.idle_timeout).await;
+    let idle = ctx.config.idle_timeout;
+    let stats = relay(&client, &target, buf, &ctx.pools, ctx.relay, idle).await;
     let err = stats.error.as_ref().map(|(s, e)| (*s, e));
     if stats.idle_timeout {
         log.relayed_idle(target_addr, stats.up, stats.down);

@@ -14,10 +14,28 @@ use tokio::sync::{watch, Notify};
 use tracing::{error, info, warn};
 
 use super::connect::ConnectOptions;
-use super::net::{shutdown_fd, Net};
+use super::net::{shutdown_fd, Net, Stream};
+use super::pool::{BufferPool, PipePool, Pools};
+use super::relay::Mode;
 use super::resolve::Resolver;
 use super::session;
-use crate::config::Config;
+use crate::config::{Config, RelayChoice};
+
+/// Free buffers and free pipes each worker keeps for reuse (more are made on demand and
+/// released when returned to a full pool).
+const POOL_KEEP: usize = 64;
+
+/// How often a worker releases pooled buffers and pipes that went unused.
+const POOL_TRIM_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The relay mode for this runtime: splice needs io_uring.
+pub fn relay_mode<N: Net>(choice: RelayChoice) -> Mode {
+    match choice {
+        RelayChoice::Copy => Mode::Copy,
+        RelayChoice::Auto | RelayChoice::Splice if <N::Stream as Stream>::SPLICE => Mode::Splice,
+        RelayChoice::Auto | RelayChoice::Splice => Mode::Copy,
+    }
+}
 use crate::proto::AuthPolicy;
 
 /// Per-worker state shared by its sessions (single-threaded: `Rc` and `Cell`, no locks).
@@ -32,6 +50,10 @@ pub struct WorkerCtx {
     pub connect: ConnectOptions,
     /// This worker's resolver.
     pub resolver: Resolver,
+    /// Relay buffers and pipes, held by tunnels only while bytes move.
+    pub pools: Pools,
+    /// How tunnels on this worker move bytes.
+    pub relay: Mode,
     active: Cell<usize>,
     idle: Notify,
 }
@@ -76,6 +98,11 @@ pub async fn run<N: Net>(
             attempt_delay: config.happy_eyeballs_delay,
         },
         resolver: Resolver::default(),
+        pools: Pools {
+            buffers: BufferPool::new(config.buffer_size, POOL_KEEP),
+            pipes: PipePool::new(config.pipe_size, POOL_KEEP),
+        },
+        relay: relay_mode::<N>(config.relay),
         config,
         active: Cell::new(0),
         idle: Notify::new(),
@@ -94,6 +121,18 @@ pub async fn run<N: Net>(
         )));
     }
 
+    // Give pooled buffers and pipes back to the system once a burst is over.
+    let trim = {
+        let ctx = ctx.clone();
+        tokio::task::spawn_local(async move {
+            let mut tick = tokio::time::interval(POOL_TRIM_INTERVAL);
+            loop {
+                tick.tick().await;
+                ctx.pools.trim_if_unused();
+            }
+        })
+    };
+
     while !*shutdown.borrow_and_update() {
         if shutdown.changed().await.is_err() {
             break;
@@ -110,6 +149,7 @@ pub async fn run<N: Net>(
         let _ = l.await;
     }
 
+    trim.abort();
     let drain = ctx.config.drain_timeout;
     if ctx.active.get() > 0 {
         info!(

@@ -50,6 +50,18 @@ impl Stream for EpollStream {
         (Ok(()), buf)
     }
 
+    async fn readable(&self) -> io::Result<()> {
+        self.0.readable().await
+    }
+
+    async fn read_now(&self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        if buf.len() == buf.capacity() {
+            return (Err(io::ErrorKind::InvalidInput.into()), buf);
+        }
+        let r = self.0.try_read_buf(&mut buf);
+        (r, buf)
+    }
+
     fn shutdown(&self, how: Shutdown) {
         shutdown_fd(self.0.as_raw_fd(), how);
     }

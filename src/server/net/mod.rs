@@ -14,6 +14,8 @@ use std::rc::Rc;
 
 use socket2::{SockAddr, Socket};
 
+use super::pool::Pipe;
+
 pub mod epoll;
 pub mod uring;
 
@@ -26,6 +28,29 @@ pub trait Stream: 'static {
 
     /// Writes all of `buf[..len]`.
     async fn write_all(&self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>);
+
+    /// Waits until a read would not block (data, end of stream, an error or a hang-up),
+    /// holding no buffer meanwhile: this is how an idle tunnel costs nothing but its sockets.
+    async fn readable(&self) -> io::Result<()>;
+
+    /// Reads what is there now into the spare capacity of `buf`; `WouldBlock` when nothing is.
+    async fn read_now(&self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>);
+
+    /// Whether [`Stream::splice_in`] and [`Stream::splice_out`] work on this runtime.
+    const SPLICE: bool = false;
+
+    /// Moves up to `len` bytes from this socket into `pipe` (call when readable). `Ok(0)` is end
+    /// of stream.
+    async fn splice_in(&self, pipe: &Rc<Pipe>, len: usize) -> io::Result<usize> {
+        let _ = (pipe, len);
+        Err(io::ErrorKind::Unsupported.into())
+    }
+
+    /// Moves up to `len` bytes from `pipe` to this socket, waiting for room as needed.
+    async fn splice_out(&self, pipe: &Rc<Pipe>, len: usize) -> io::Result<usize> {
+        let _ = (pipe, len);
+        Err(io::ErrorKind::Unsupported.into())
+    }
 
     /// `shutdown(2)`. Completes pending reads on this socket, which is how a timed-out
     /// operation is ended before its future is dropped (io_uring operations are not cancelled by

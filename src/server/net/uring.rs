@@ -15,18 +15,22 @@ use std::net::{Shutdown, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 
-use io_uring::{cqueue, opcode, types};
+use std::marker::PhantomData;
+
+use io_uring::{cqueue, opcode, squeue, types};
 use socket2::{SockAddr, Socket};
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::{OneshotOutputTransform, UnsubmittedOneshot};
 
 use super::{Net, Stream};
+use crate::server::pool::Pipe;
 
 /// io_uring runtime marker.
 pub struct Uring;
 
-/// A stream whose reads and writes are io_uring operations.
-pub struct UringStream(tokio_uring::net::TcpStream);
+/// A stream whose reads and writes are io_uring operations. The `Rc` lets operations this file
+/// submits itself (poll, recv, splice) keep the socket open until the kernel is done with it.
+pub struct UringStream(Rc<tokio_uring::net::TcpStream>);
 
 impl Stream for UringStream {
     async fn read(&self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
@@ -40,6 +44,60 @@ impl Stream for UringStream {
 
     async fn write_all(&self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
         self.0.write_all(buf).await
+    }
+
+    async fn readable(&self) -> io::Result<()> {
+        let events = (libc::POLLIN | libc::POLLRDHUP | libc::POLLERR | libc::POLLHUP) as u32;
+        let entry = opcode::PollAdd::new(types::Fd(self.0.as_raw_fd()), events).build();
+        submit(self.0.clone(), entry).await.0.map(drop)
+    }
+
+    async fn read_now(&self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        let (len, cap) = (buf.len(), buf.capacity());
+        if len == cap {
+            return (Err(io::ErrorKind::InvalidInput.into()), buf);
+        }
+        // Safety (pointer): the spare capacity of a Vec the operation owns until it completes.
+        let spare = unsafe { buf.as_mut_ptr().add(len) };
+        let entry = opcode::Recv::new(types::Fd(self.0.as_raw_fd()), spare, (cap - len) as u32)
+            .flags(libc::MSG_DONTWAIT)
+            .build();
+        let (r, (_, mut buf)) = submit((self.0.clone(), buf), entry).await;
+        if let Ok(n) = r {
+            // Safety: the kernel initialised `n` bytes of the spare capacity.
+            unsafe { buf.set_len(len + n as usize) };
+        }
+        (r.map(|n| n as usize), buf)
+    }
+
+    const SPLICE: bool = true;
+
+    async fn splice_in(&self, pipe: &Rc<Pipe>, len: usize) -> io::Result<usize> {
+        let entry = opcode::Splice::new(
+            types::Fd(self.0.as_raw_fd()),
+            -1,
+            types::Fd(pipe.writer()),
+            -1,
+            len.min(u32::MAX as usize) as u32,
+        )
+        .flags(libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK)
+        .build();
+        let (r, _) = submit((self.0.clone(), pipe.clone()), entry).await;
+        r.map(|n| n as usize)
+    }
+
+    async fn splice_out(&self, pipe: &Rc<Pipe>, len: usize) -> io::Result<usize> {
+        let entry = opcode::Splice::new(
+            types::Fd(pipe.reader()),
+            -1,
+            types::Fd(self.0.as_raw_fd()),
+            -1,
+            len.min(u32::MAX as usize) as u32,
+        )
+        .flags(libc::SPLICE_F_MOVE)
+        .build();
+        let (r, _) = submit((self.0.clone(), pipe.clone()), entry).await;
+        r.map(|n| n as usize)
     }
 
     fn shutdown(&self, how: Shutdown) {
@@ -64,46 +122,46 @@ impl Net for Uring {
 
     async fn accept(l: &Self::Listener) -> io::Result<(Self::Stream, SocketAddr)> {
         let (s, peer) = l.accept().await?;
-        Ok((UringStream(s), peer))
+        Ok((UringStream(Rc::new(s)), peer))
     }
 
     async fn connect(sock: Rc<Socket>, addr: SockAddr) -> io::Result<()> {
         let addr = Box::new(addr);
         let entry =
             opcode::Connect::new(types::Fd(sock.as_raw_fd()), addr.as_ptr(), addr.len()).build();
-        let data = ConnectData {
-            _sock: sock,
-            _addr: addr,
-        };
-        UnsubmittedOneshot::new(data, ConnectDone, entry)
-            .submit()
-            .await
+        submit((sock, addr), entry).await.0.map(drop)
     }
 
     fn stream(sock: Socket) -> io::Result<Self::Stream> {
         // Created in blocking mode by the connector (NONBLOCKING is false).
         let s = tokio_uring::net::TcpStream::from_std(sock.into());
-        Ok(UringStream(s))
+        Ok(UringStream(Rc::new(s)))
     }
 }
 
-/// What a connect operation keeps alive until the kernel is done with it.
-struct ConnectData {
-    _sock: Rc<Socket>,
-    _addr: Box<SockAddr>,
+/// Submits one operation. `data` is everything the kernel may touch while the operation is in
+/// flight (the socket, the buffer, the pipe, the address); it comes back with the result,
+/// and stays alive even if the future is dropped first.
+async fn submit<D: Unpin + 'static>(data: D, entry: squeue::Entry) -> (io::Result<u32>, D) {
+    UnsubmittedOneshot::new(data, ResultOf(PhantomData), entry)
+        .submit()
+        .await
 }
 
-struct ConnectDone;
+struct ResultOf<D>(PhantomData<D>);
 
-impl OneshotOutputTransform for ConnectDone {
-    type Output = io::Result<()>;
-    type StoredData = ConnectData;
+impl<D> OneshotOutputTransform for ResultOf<D> {
+    type Output = (io::Result<u32>, D);
+    type StoredData = D;
 
-    fn transform_oneshot_output(self, _data: ConnectData, cqe: cqueue::Entry) -> io::Result<()> {
-        match cqe.result() {
-            r if r < 0 => Err(io::Error::from_raw_os_error(-r)),
-            _ => Ok(()),
-        }
+    fn transform_oneshot_output(self, data: D, cqe: cqueue::Entry) -> Self::Output {
+        let r = cqe.result();
+        let r = if r < 0 {
+            Err(io::Error::from_raw_os_error(-r))
+        } else {
+            Ok(r as u32)
+        };
+        (r, data)
     }
 }
 
