@@ -192,7 +192,8 @@ mod tests {
         pool.give(a);
         pool.give(b);
         assert_eq!(pool.idle(), 1);
-        assert_eq!(pool.take().as_ptr(), ptr);
+        let again = pool.take();
+        assert_eq!(again.as_ptr(), ptr);
     }
 
     #[test]
