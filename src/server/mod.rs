@@ -8,6 +8,7 @@ pub mod pool;
 pub mod relay;
 pub mod resolve;
 pub mod session;
+pub mod tunnels;
 pub mod worker;
 
 use std::io;

@@ -11,6 +11,10 @@ use std::rc::Rc;
 pub struct Pools {
     /// Relay buffers for the copy mode (and for splice when no pipe can be had).
     pub buffers: BufferPool,
+    /// Small buffers ([`SMALL_BUFFER`] bytes) for directions carrying small messages, so that
+    /// a burst of thousands of tunnels each moving a few bytes does not take thousands of
+    /// large buffers at once.
+    pub small: BufferPool,
     /// Pipes for the splice mode.
     pub pipes: PipePool,
 }
@@ -19,11 +23,16 @@ impl Pools {
     /// Releases everything free if nothing was taken since the last call. Called every second
     /// or so by the worker, so that after a burst the memory and descriptors go back to the
     /// operating system instead of staying parked in the pool.
-    pub fn trim_if_unused(&self) {
-        self.buffers.trim_if_unused();
-        self.pipes.trim_if_unused();
+    pub fn trim_if_unused(&self) -> bool {
+        let a = self.buffers.trim_if_unused();
+        let b = self.small.trim_if_unused();
+        let c = self.pipes.trim_if_unused();
+        a || b || c
     }
 }
+
+/// Size of the small buffers.
+pub const SMALL_BUFFER: usize = 4096;
 
 /// Free buffers (each with the same capacity), at most `keep` of them kept.
 pub struct BufferPool {
@@ -62,15 +71,24 @@ impl BufferPool {
         }
     }
 
+    /// Capacity of the buffers.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
     /// Free buffers held.
     pub fn idle(&self) -> usize {
         self.free.borrow().len()
     }
 
-    fn trim_if_unused(&self) {
-        if !self.used.replace(false) {
-            self.free.borrow_mut().clear();
+    fn trim_if_unused(&self) -> bool {
+        if self.used.replace(false) {
+            return false;
         }
+        let mut free = self.free.borrow_mut();
+        let released = !free.is_empty();
+        *free = Vec::new();
+        released
     }
 }
 
@@ -170,11 +188,13 @@ impl PipePool {
         self.open.get()
     }
 
-    fn trim_if_unused(&self) {
-        if !self.used.replace(false) {
-            let freed = std::mem::take(&mut *self.free.borrow_mut());
-            self.open.set(self.open.get().saturating_sub(freed.len()));
+    fn trim_if_unused(&self) -> bool {
+        if self.used.replace(false) {
+            return false;
         }
+        let freed = std::mem::take(&mut *self.free.borrow_mut());
+        self.open.set(self.open.get().saturating_sub(freed.len()));
+        !freed.is_empty()
     }
 }
 
@@ -213,13 +233,14 @@ mod tests {
     fn unused_pools_are_emptied() {
         let pools = Pools {
             buffers: BufferPool::new(64, 8),
+            small: BufferPool::new(16, 8),
             pipes: PipePool::new(4096, 8),
         };
         pools.buffers.give(pools.buffers.take());
         pools.pipes.give(pools.pipes.take().unwrap());
-        pools.trim_if_unused(); // used since the last tick: kept
+        assert!(!pools.trim_if_unused()); // used since the last tick: kept
         assert_eq!((pools.buffers.idle(), pools.pipes.open()), (1, 1));
-        pools.trim_if_unused(); // idle for a whole tick: released
+        assert!(pools.trim_if_unused()); // idle for a whole tick: released
         assert_eq!((pools.buffers.idle(), pools.pipes.open()), (0, 0));
     }
 }

@@ -12,13 +12,12 @@
 //!   directions have ended (a client that half-closes still gets the whole response).
 //! - An error on either side (a reset, a failed write) shuts both sockets down in both
 //!   directions, which completes the other direction's pending operation at once.
-//! - With an idle timeout, a tunnel with no bytes moving either way for that long is shut
-//!   down the same way.
+//! - Idle timeouts are the worker's job ([`super::tunnels`]): the relay reports activity
+//!   through `touch` and ends when the sweep shuts its sockets down.
 
 use std::cell::Cell;
 use std::io;
 use std::net::Shutdown;
-use std::time::{Duration, Instant};
 
 use super::net::Stream;
 use super::pool::Pools;
@@ -67,21 +66,19 @@ pub struct RelayStats {
     pub down: u64,
     /// The first error, and on which side it happened.
     pub error: Option<(Side, io::Error)>,
-    /// The idle timeout ended the tunnel.
-    pub idle_timeout: bool,
 }
 
 /// Relays between `client` and `target` until both directions end. `pending` holds bytes
 /// already read from the client (pipelined after its request); they go to the target first.
+/// `touch` is called whenever bytes move.
 pub async fn relay<S: Stream>(
     client: &S,
     target: &S,
     pending: Vec<u8>,
     pools: &Pools,
     mode: Mode,
-    idle_timeout: Option<Duration>,
+    touch: &dyn Fn(),
 ) -> RelayStats {
-    let activity = Cell::new(Instant::now());
     let up = Cell::new(0u64);
     let down = Cell::new(0u64);
     let first_error: Cell<Option<(Side, io::Error)>> = Cell::new(None);
@@ -92,7 +89,7 @@ pub async fn relay<S: Stream>(
         to: target,
         from_side: Side::Client,
         bytes: &up,
-        activity: &activity,
+        touch,
         error: &first_error,
         pools,
     };
@@ -101,38 +98,16 @@ pub async fn relay<S: Stream>(
         to: client,
         from_side: Side::Target,
         bytes: &down,
-        activity: &activity,
+        touch,
         error: &first_error,
         pools,
     };
-    let both = async { tokio::join!(up_dir.run(pending, mode), down_dir.run(Vec::new(), mode)) };
-
-    let mut idle_fired = false;
-    match idle_timeout {
-        None => {
-            both.await;
-        }
-        Some(idle) => {
-            tokio::pin!(both);
-            tokio::select! {
-                biased;
-                _ = &mut both => {}
-                _ = idle_watch(&activity, idle) => {
-                    idle_fired = true;
-                    client.shutdown(Shutdown::Both);
-                    target.shutdown(Shutdown::Both);
-                    // Both directions now end promptly; pooled buffers and pipes come back.
-                    both.await;
-                }
-            }
-        }
-    }
+    tokio::join!(up_dir.run(pending, mode), down_dir.run(Vec::new(), mode));
 
     RelayStats {
         up: up.get(),
         down: down.get(),
         error: first_error.take(),
-        idle_timeout: idle_fired,
     }
 }
 
@@ -141,7 +116,7 @@ struct Direction<'a, S> {
     to: &'a S,
     from_side: Side,
     bytes: &'a Cell<u64>,
-    activity: &'a Cell<Instant>,
+    touch: &'a dyn Fn(),
     error: &'a Cell<Option<(Side, io::Error)>>,
     pools: &'a Pools,
 }
@@ -157,11 +132,15 @@ enum End {
 impl<S: Stream> Direction<'_, S> {
     async fn run(&self, pending: Vec<u8>, mode: Mode) {
         if !pending.is_empty() {
+            // Rare (a client that pipelines payload after its request): boxed, so that the
+            // write's state does not enlarge every tunnel's future.
             let n = pending.len() as u64;
-            if let (Err(e), _) = self.to.write_all(pending).await {
+            if let (Err(e), _) = Box::pin(self.to.write_all(pending)).await {
                 return self.fail(self.from_side.other(), e);
             }
             self.count(n);
+        } else {
+            drop(pending);
         }
         let end = match mode {
             Mode::Copy => self.copy().await,
@@ -174,32 +153,45 @@ impl<S: Stream> Direction<'_, S> {
     }
 
     /// Read what is there into a pooled buffer, write it, give the buffer back; when nothing
-    /// is there, wait for readability without a buffer.
+    /// is there, wait for readability without a buffer. A direction starts with a small
+    /// buffer and moves to a large one once a read fills the small one (bulk data), and back
+    /// when reads come in small again.
     async fn copy(&self) -> End {
-        let buffers = &self.pools.buffers;
+        let mut large = false;
         loop {
-            let (r, buf) = self.from.read_now(buffers.take()).await;
+            let pool = if large {
+                &self.pools.buffers
+            } else {
+                &self.pools.small
+            };
+            // Reads and writes are boxed: a tunnel spends its idle life in `wait_readable`, and
+            // its task should be no bigger than that state needs (one allocation per chunk is
+            // noise next to the system calls that move it).
+            let (r, buf) = Box::pin(self.from.read_now(pool.take())).await;
             match r {
                 Ok(0) => {
-                    buffers.give(buf);
+                    pool.give(buf);
                     return End::Eof;
                 }
                 Ok(n) => {
-                    let (w, buf) = self.to.write_all(buf).await;
-                    buffers.give(buf);
+                    large = n >= self.pools.small.size();
+                    let (w, buf) = Box::pin(self.to.write_all(buf)).await;
+                    pool.give(buf);
                     if let Err(e) = w {
                         return End::Failed(self.from_side.other(), e);
                     }
                     self.count(n as u64);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    buffers.give(buf);
-                    if let Err(e) = self.from.readable().await {
-                        return End::Failed(self.from_side, e);
+                    pool.give(buf);
+                    match self.wait_readable().await {
+                        Ok(true) => return End::Eof,
+                        Ok(false) => {}
+                        Err(end) => return end,
                     }
                 }
                 Err(e) => {
-                    buffers.give(buf);
+                    pool.give(buf);
                     return End::Failed(self.from_side, e);
                 }
             }
@@ -211,22 +203,24 @@ impl<S: Stream> Direction<'_, S> {
     async fn splice(&self) -> End {
         let pipes = &self.pools.pipes;
         loop {
-            if let Err(e) = self.from.readable().await {
-                return End::Failed(self.from_side, e);
+            match self.wait_readable().await {
+                Ok(true) => return End::Eof,
+                Ok(false) => {}
+                Err(end) => return end,
             }
             let pipe = match pipes.take() {
                 Ok(p) => p,
                 Err(e) => {
                     // Out of descriptors for a pipe: move this chunk by copying instead.
                     tracing::debug!("no pipe for splice ({e}); copying");
-                    match self.copy_once().await {
+                    match Box::pin(self.copy_once()).await {
                         Ok(true) => continue,
                         Ok(false) => return End::Eof,
                         Err(end) => return end,
                     }
                 }
             };
-            let n = match self.from.splice_in(&pipe, pipes.size()).await {
+            let n = match Box::pin(self.from.splice_in(&pipe, pipes.size())).await {
                 Ok(0) => {
                     pipes.give(pipe);
                     return End::Eof;
@@ -241,10 +235,10 @@ impl<S: Stream> Direction<'_, S> {
                     return End::Failed(self.from_side, e);
                 }
             };
-            self.activity.set(Instant::now());
+            (self.touch)();
             let mut left = n;
             while left > 0 {
-                match self.to.splice_out(&pipe, left).await {
+                match Box::pin(self.to.splice_out(&pipe, left)).await {
                     Ok(0) => {
                         pipes.discard(pipe);
                         return End::Failed(
@@ -265,9 +259,10 @@ impl<S: Stream> Direction<'_, S> {
         }
     }
 
-    /// One copy step (used when no pipe can be had): `Ok(false)` at end of stream.
+    /// One copy step through a small buffer (used when no pipe can be had): `Ok(false)` at end
+    /// of stream.
     async fn copy_once(&self) -> Result<bool, End> {
-        let buffers = &self.pools.buffers;
+        let buffers = &self.pools.small;
         let (r, buf) = self.from.read_now(buffers.take()).await;
         match r {
             Ok(0) => {
@@ -292,9 +287,25 @@ impl<S: Stream> Direction<'_, S> {
         }
     }
 
+    /// Waits for readability holding nothing; `Ok(true)` when the peer closed with nothing
+    /// left to read, found without taking a buffer or a pipe.
+    async fn wait_readable(&self) -> Result<bool, End> {
+        let ready = self
+            .from
+            .readable()
+            .await
+            .map_err(|e| End::Failed(self.from_side, e))?;
+        if !ready.hangup {
+            return Ok(false);
+        }
+        self.from
+            .at_eof()
+            .map_err(|e| End::Failed(self.from_side, e))
+    }
+
     fn count(&self, n: u64) {
         self.bytes.set(self.bytes.get() + n);
-        self.activity.set(Instant::now());
+        (self.touch)();
     }
 
     /// Records the first error and shuts both sockets down so the other direction ends too.
@@ -303,16 +314,5 @@ impl<S: Stream> Direction<'_, S> {
         self.error.set(prev.or(Some((side, e))));
         self.from.shutdown(Shutdown::Both);
         self.to.shutdown(Shutdown::Both);
-    }
-}
-
-/// Resolves once no byte has moved for `idle`.
-async fn idle_watch(activity: &Cell<Instant>, idle: Duration) {
-    loop {
-        let deadline = activity.get() + idle;
-        if Instant::now() >= deadline {
-            return;
-        }
-        tokio::time::sleep_until(deadline.into()).await;
     }
 }

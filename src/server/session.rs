@@ -40,7 +40,13 @@ pub async fn run<N: Net>(ctx: Rc<WorkerCtx>, client: N::Stream, peer: SocketAddr
     let _active = ctx.enter();
     let started = Instant::now();
     let timeout = ctx.config.handshake_timeout;
-    let hs = tokio::time::timeout(timeout, handshake(&ctx, &client, peer)).await;
+    // The handshake and the connect are boxed: their state is freed once they are done, so a
+    // long-lived tunnel's task holds only what the relay needs.
+    let hs = Box::pin(tokio::time::timeout(
+        timeout,
+        handshake(&ctx, &client, peer),
+    ))
+    .await;
     let done = match hs {
         Ok(Ok(done)) => done,
         Ok(Err(e)) => {
@@ -83,8 +89,11 @@ pub async fn run<N: Net>(ctx: Rc<WorkerCtx>, client: N::Stream, peer: SocketAddr
     }
 
     let connect_timeout = ctx.config.connect_timeout;
-    let connected =
-        tokio::time::timeout(connect_timeout, connect::<N>(&ctx, &request.target)).await;
+    let connected = Box::pin(tokio::time::timeout(
+        connect_timeout,
+        connect::<N>(&ctx, &request.target),
+    ))
+    .await;
     let (target, target_addr) = match connected {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
@@ -118,11 +127,14 @@ pub async fn run<N: Net>(ctx: Rc<WorkerCtx>, client: N::Stream, peer: SocketAddr
     // Bytes the client pipelined after its request go to the target first.
     buf.drain(..consumed);
     // The relay leaves both sockets shut down (FIN sent each way, or both shut on an error or
-    // idle timeout); dropping them closes them.
-    let idle = ctx.config.idle_timeout;
-    let stats = relay(&client, &target, buf, &ctx.pools, ctx.relay, idle).await;
+    // by the idle sweep); dropping them closes them, after the registration is gone.
+    let registration = ctx.tunnels.register(client.raw_fd(), target.raw_fd());
+    let touch = || registration.touch();
+    let stats = relay(&client, &target, buf, &ctx.pools, ctx.relay, &touch).await;
+    let idle_fired = registration.idle_fired();
+    drop(registration);
     let err = stats.error.as_ref().map(|(s, e)| (*s, e));
-    if stats.idle_timeout {
+    if idle_fired {
         log.relayed_idle(target_addr, stats.up, stats.down);
     } else {
         log.relayed(target_addr, stats.up, stats.down, err);

@@ -15,10 +15,11 @@ use tracing::{error, info, warn};
 
 use super::connect::ConnectOptions;
 use super::net::{shutdown_fd, Net, Stream};
-use super::pool::{BufferPool, PipePool, Pools};
+use super::pool::{BufferPool, PipePool, Pools, SMALL_BUFFER};
 use super::relay::Mode;
 use super::resolve::Resolver;
 use super::session;
+use super::tunnels::Tunnels;
 use crate::config::{Config, RelayChoice};
 
 /// Free buffers and free pipes each worker keeps for reuse (more are made on demand and
@@ -54,6 +55,8 @@ pub struct WorkerCtx {
     pub pools: Pools,
     /// How tunnels on this worker move bytes.
     pub relay: Mode,
+    /// Live tunnels, for the idle sweep and the forced close after a drain.
+    pub tunnels: Tunnels,
     active: Cell<usize>,
     idle: Notify,
 }
@@ -100,9 +103,11 @@ pub async fn run<N: Net>(
         resolver: Resolver::default(),
         pools: Pools {
             buffers: BufferPool::new(config.buffer_size, POOL_KEEP),
+            small: BufferPool::new(SMALL_BUFFER.min(config.buffer_size), POOL_KEEP * 4),
             pipes: PipePool::new(config.pipe_size, POOL_KEEP),
         },
         relay: relay_mode::<N>(config.relay),
+        tunnels: Tunnels::default(),
         config,
         active: Cell::new(0),
         idle: Notify::new(),
@@ -121,14 +126,40 @@ pub async fn run<N: Net>(
         )));
     }
 
-    // Give pooled buffers and pipes back to the system once a burst is over.
-    let trim = {
+    // Give pooled buffers and pipes back to the system once a burst is over, and close
+    // tunnels that went idle: one timer per worker rather than one per tunnel.
+    let housekeeping = {
         let ctx = ctx.clone();
+        let every = match ctx.config.idle_timeout {
+            Some(idle) => (idle / 4).clamp(Duration::from_millis(50), POOL_TRIM_INTERVAL),
+            None => POOL_TRIM_INTERVAL,
+        };
         tokio::task::spawn_local(async move {
-            let mut tick = tokio::time::interval(POOL_TRIM_INTERVAL);
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut since_trim = Duration::ZERO;
+            // Live tunnels at their highest since memory was last handed back.
+            let mut peak = 0usize;
             loop {
                 tick.tick().await;
-                ctx.pools.trim_if_unused();
+                if let Some(idle) = ctx.config.idle_timeout {
+                    ctx.tunnels.sweep_idle(idle);
+                }
+                since_trim += every;
+                let live = ctx.tunnels.len();
+                peak = peak.max(live);
+                if since_trim >= POOL_TRIM_INTERVAL {
+                    since_trim = Duration::ZERO;
+                    let trimmed = ctx.pools.trim_if_unused();
+                    // After a burst (pools idle, or most tunnels gone), hand this thread's
+                    // freed memory back to the system now rather than whenever the allocator
+                    // next happens to run.
+                    if trimmed || (peak >= 1024 && live < peak / 2) {
+                        ctx.tunnels.shrink_if_empty();
+                        release_freed_memory();
+                        peak = live;
+                    }
+                }
             }
         })
     };
@@ -149,7 +180,6 @@ pub async fn run<N: Net>(
         let _ = l.await;
     }
 
-    trim.abort();
     let drain = ctx.config.drain_timeout;
     if ctx.active.get() > 0 {
         info!(
@@ -162,9 +192,28 @@ pub async fn run<N: Net>(
                 ctx.idle.notified().await;
             }
         };
-        let _ = tokio::time::timeout(drain, wait).await;
+        if tokio::time::timeout(drain, wait).await.is_err() {
+            // Deadline: shut every tunnel down so each ends cleanly (FIN both ways, buffers and
+            // pipes back) instead of vanishing with the runtime.
+            ctx.tunnels.close_all();
+            let wait = async {
+                while ctx.active.get() > 0 {
+                    ctx.idle.notified().await;
+                }
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(2), wait).await;
+        }
     }
+    housekeeping.abort();
     Ok(ctx.active.get())
+}
+
+/// Asks mimalloc (the binary's allocator) to return this thread's free pages to the system.
+/// Without it, a worker that goes quiet after a burst keeps them until it next allocates.
+fn release_freed_memory() {
+    // Safety: mi_collect takes no pointers and only touches the calling thread's heap; when
+    // mimalloc is not the global allocator it has nothing to collect.
+    unsafe { libmimalloc_sys::mi_collect(true) }
 }
 
 async fn accept_loop<N: Net>(ctx: Rc<WorkerCtx>, listener: N::Listener, stopping: Rc<Cell<bool>>) {

@@ -10,7 +10,7 @@ use socket2::{SockAddr, Socket};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
-use super::{shutdown_fd, Net, Stream};
+use super::{shutdown_fd, Net, Readable, Stream};
 
 /// epoll runtime marker.
 pub struct Epoll;
@@ -50,8 +50,11 @@ impl Stream for EpollStream {
         (Ok(()), buf)
     }
 
-    async fn readable(&self) -> io::Result<()> {
-        self.0.readable().await
+    async fn readable(&self) -> io::Result<Readable> {
+        let ready = self.0.ready(Interest::READABLE).await?;
+        Ok(Readable {
+            hangup: ready.is_read_closed() || ready.is_error(),
+        })
     }
 
     async fn read_now(&self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {

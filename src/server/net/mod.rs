@@ -31,7 +31,14 @@ pub trait Stream: 'static {
 
     /// Waits until a read would not block (data, end of stream, an error or a hang-up),
     /// holding no buffer meanwhile: this is how an idle tunnel costs nothing but its sockets.
-    async fn readable(&self) -> io::Result<()>;
+    /// Returns whether the peer hung up (there may still be data before the end).
+    async fn readable(&self) -> io::Result<Readable>;
+
+    /// Whether the stream is at its end right now (nothing left to read, peer closed), asked
+    /// without a buffer: `recv(MSG_PEEK | MSG_DONTWAIT)` of one byte.
+    fn at_eof(&self) -> io::Result<bool> {
+        peek_eof(self.raw_fd())
+    }
 
     /// Reads what is there now into the spare capacity of `buf`; `WouldBlock` when nothing is.
     async fn read_now(&self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>);
@@ -64,6 +71,14 @@ pub trait Stream: 'static {
     fn local_addr(&self) -> io::Result<SocketAddr> {
         local_addr_of(self.raw_fd())
     }
+}
+
+/// What a readability wait saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Readable {
+    /// The peer closed its side (or the socket has an error): check [`Stream::at_eof`] before
+    /// taking a buffer or a pipe, so that a wave of closing tunnels takes none.
+    pub hangup: bool,
 }
 
 /// A runtime: how to accept, connect and wrap sockets.
@@ -142,5 +157,32 @@ pub(crate) fn setsockopt_int(
         Ok(())
     } else {
         Err(io::Error::last_os_error())
+    }
+}
+
+/// `recv(MSG_PEEK | MSG_DONTWAIT)` of one byte: `Ok(true)` at end of stream, `Ok(false)` when
+/// data is waiting or nothing is (yet).
+pub(crate) fn peek_eof(fd: RawFd) -> io::Result<bool> {
+    let mut byte = 0u8;
+    // Safety: a one-byte buffer on the stack that outlives the call.
+    let r = unsafe {
+        libc::recv(
+            fd,
+            &mut byte as *mut u8 as *mut libc::c_void,
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    match r {
+        0 => Ok(true),
+        r if r > 0 => Ok(false),
+        _ => {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::WouldBlock {
+                Ok(false)
+            } else {
+                Err(e)
+            }
+        }
     }
 }

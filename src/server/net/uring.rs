@@ -22,7 +22,7 @@ use socket2::{SockAddr, Socket};
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::{OneshotOutputTransform, UnsubmittedOneshot};
 
-use super::{Net, Stream};
+use super::{Net, Readable, Stream};
 use crate::server::pool::Pipe;
 
 /// io_uring runtime marker.
@@ -46,10 +46,14 @@ impl Stream for UringStream {
         self.0.write_all(buf).await
     }
 
-    async fn readable(&self) -> io::Result<()> {
+    async fn readable(&self) -> io::Result<Readable> {
         let events = (libc::POLLIN | libc::POLLRDHUP | libc::POLLERR | libc::POLLHUP) as u32;
         let entry = opcode::PollAdd::new(types::Fd(self.0.as_raw_fd()), events).build();
-        submit(self.0.clone(), entry).await.0.map(drop)
+        let mask = submit(self.0.clone(), entry).await.0?;
+        let hangup = (libc::POLLRDHUP | libc::POLLERR | libc::POLLHUP) as u32;
+        Ok(Readable {
+            hangup: mask & hangup != 0,
+        })
     }
 
     async fn read_now(&self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
