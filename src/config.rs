@@ -32,7 +32,7 @@ pub enum RuntimeChoice {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum RelayChoice {
-    /// splice on io_uring, copy on epoll.
+    /// io_uring: per direction, copy for small messages and splice for bulk; epoll: copy.
     Auto,
     /// socket -> pipe -> socket in the kernel (io_uring runtime; epoll falls back to copy).
     Splice,
@@ -88,7 +88,8 @@ pub struct ServeArgs {
     /// Source address for outbound connections (uses IP_BIND_ADDRESS_NO_PORT)
     #[arg(long, value_name = "IP")]
     pub egress_ip: Option<IpAddr>,
-    /// How tunnels move bytes [default: auto = splice on io_uring, copy on epoll]
+    /// How tunnels move bytes [default: auto = on io_uring copy small messages and splice bulk
+    /// data, per direction; on epoll copy]
     #[arg(long, value_enum)]
     pub relay: Option<RelayChoice>,
     /// Copy-relay buffer size, in bytes; buffers are pooled per worker and held only while

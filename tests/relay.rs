@@ -1,4 +1,5 @@
-//! Relay integrity, the same for every relay mode: splice and copy on io_uring, copy on epoll.
+//! Relay integrity, the same for every relay mode: splice, copy and adaptive (auto) on io_uring,
+//! copy on epoll.
 //! 1 GiB each way with SHA-256 checks, half-close each way, the target resetting mid-stream,
 //! the client vanishing mid-stream, and the proxy's descriptors back at baseline afterwards.
 
@@ -17,6 +18,10 @@ macro_rules! every_mode {
         mod splice {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() { super::$name(&["--runtime", "uring", "--relay", "splice"]).await })*
+        }
+        mod adaptive {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(&["--runtime", "uring", "--relay", "auto"]).await })*
         }
         mod copy {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]

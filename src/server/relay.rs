@@ -19,7 +19,7 @@ use std::cell::Cell;
 use std::io;
 use std::net::Shutdown;
 
-use super::net::Stream;
+use super::net::{send_all, Stream};
 use super::pool::Pools;
 
 /// How bytes are moved.
@@ -29,6 +29,10 @@ pub enum Mode {
     Copy,
     /// Through pooled pipes with splice(2) (io_uring runtime only).
     Splice,
+    /// Per direction: copy while messages are small (a splice through io_uring costs two
+    /// hand-offs to kernel worker threads, which small messages feel as latency), splice once a
+    /// read fills a small buffer (bulk data), and back to copy when splices come in small.
+    Adaptive,
 }
 
 /// Which end of a tunnel.
@@ -127,6 +131,8 @@ enum End {
     Eof,
     /// An error on one side.
     Failed(Side, io::Error),
+    /// (Adaptive mode) the traffic changed: move the other way.
+    Switch,
 }
 
 impl<S: Stream> Direction<'_, S> {
@@ -142,13 +148,19 @@ impl<S: Stream> Direction<'_, S> {
         } else {
             drop(pending);
         }
-        let end = match mode {
-            Mode::Copy => self.copy().await,
-            Mode::Splice => self.splice().await,
-        };
-        match end {
-            End::Eof => self.to.shutdown(Shutdown::Write),
-            End::Failed(side, e) => self.fail(side, e),
+        let adaptive = mode == Mode::Adaptive;
+        let mut splicing = mode == Mode::Splice;
+        loop {
+            let end = if splicing {
+                self.splice(adaptive).await
+            } else {
+                self.copy(adaptive).await
+            };
+            match end {
+                End::Switch => splicing = !splicing,
+                End::Eof => return self.to.shutdown(Shutdown::Write),
+                End::Failed(side, e) => return self.fail(side, e),
+            }
         }
     }
 
@@ -156,7 +168,7 @@ impl<S: Stream> Direction<'_, S> {
     /// is there, wait for readability without a buffer. A direction starts with a small
     /// buffer and moves to a large one once a read fills the small one (bulk data), and back
     /// when reads come in small again.
-    async fn copy(&self) -> End {
+    async fn copy(&self, adaptive: bool) -> End {
         let mut large = false;
         loop {
             let pool = if large {
@@ -164,10 +176,10 @@ impl<S: Stream> Direction<'_, S> {
             } else {
                 &self.pools.small
             };
-            // Reads and writes are boxed: a tunnel spends its idle life in `wait_readable`, and
-            // its task should be no bigger than that state needs (one allocation per chunk is
-            // noise next to the system calls that move it).
-            let (r, buf) = Box::pin(self.from.read_now(pool.take())).await;
+            // Reads are one non-blocking recv(2); writes that do not fit at once are boxed: a
+            // tunnel spends its idle life in `wait_readable`, and its task should be no bigger
+            // than that state needs.
+            let (r, buf) = self.from.read_now(pool.take()).await;
             match r {
                 Ok(0) => {
                     pool.give(buf);
@@ -175,12 +187,15 @@ impl<S: Stream> Direction<'_, S> {
                 }
                 Ok(n) => {
                     large = n >= self.pools.small.size();
-                    let (w, buf) = Box::pin(self.to.write_all(buf)).await;
+                    let (w, buf) = send_all(self.to, buf).await;
                     pool.give(buf);
                     if let Err(e) = w {
                         return End::Failed(self.from_side.other(), e);
                     }
                     self.count(n as u64);
+                    if adaptive && large {
+                        return End::Switch;
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     pool.give(buf);
@@ -200,7 +215,7 @@ impl<S: Stream> Direction<'_, S> {
 
     /// Wait for readability, then splice what is there into a pooled pipe and out to the other
     /// side, and give the (empty) pipe back before waiting again.
-    async fn splice(&self) -> End {
+    async fn splice(&self, adaptive: bool) -> End {
         let pipes = &self.pools.pipes;
         loop {
             match self.wait_readable().await {
@@ -256,6 +271,9 @@ impl<S: Stream> Direction<'_, S> {
             }
             pipes.give(pipe);
             self.count(n as u64);
+            if adaptive && n < self.pools.small.size() {
+                return End::Switch;
+            }
         }
     }
 
@@ -270,7 +288,7 @@ impl<S: Stream> Direction<'_, S> {
                 Ok(false)
             }
             Ok(n) => {
-                let (w, buf) = self.to.write_all(buf).await;
+                let (w, buf) = send_all(self.to, buf).await;
                 buffers.give(buf);
                 w.map_err(|e| End::Failed(self.from_side.other(), e))?;
                 self.count(n as u64);

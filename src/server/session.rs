@@ -9,7 +9,7 @@ use std::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::connect::happy_eyeballs;
-use super::net::{Net, Stream};
+use super::net::{send_all, Net, Stream};
 use super::relay::{relay, Side};
 use super::worker::WorkerCtx;
 use crate::proto::{Command, Event, Handshake, ProtoError, ReplyCode, Request, TargetAddr};
@@ -82,7 +82,7 @@ pub async fn run<N: Net>(ctx: Rc<WorkerCtx>, client: N::Stream, peer: SocketAddr
     if request.command != Command::Connect {
         // BIND and UDP ASSOCIATE are not served yet.
         hs.reply(ReplyCode::CommandNotSupported, None, &mut out);
-        let _ = client.write_all(out).await;
+        let _ = send_all(&client, out).await;
         client.shutdown(Shutdown::Both);
         log.refused(ReplyCode::CommandNotSupported, "command not supported");
         return;
@@ -99,14 +99,14 @@ pub async fn run<N: Net>(ctx: Rc<WorkerCtx>, client: N::Stream, peer: SocketAddr
         Ok(Err(e)) => {
             let code = ReplyCode::from_io_error(&e);
             hs.reply(code, None, &mut out);
-            let _ = client.write_all(out).await;
+            let _ = send_all(&client, out).await;
             client.shutdown(Shutdown::Both);
             log.refused(code, &e.to_string());
             return;
         }
         Err(_) => {
             hs.reply(ReplyCode::HostUnreachable, None, &mut out);
-            let _ = client.write_all(out).await;
+            let _ = send_all(&client, out).await;
             client.shutdown(Shutdown::Both);
             log.refused(ReplyCode::HostUnreachable, "connect timed out");
             return;
@@ -116,7 +116,7 @@ pub async fn run<N: Net>(ctx: Rc<WorkerCtx>, client: N::Stream, peer: SocketAddr
     // BND.ADDR/BND.PORT: the address the proxy uses on the outbound connection (RFC 1928 §6).
     let bound = target.local_addr().ok();
     hs.reply(ReplyCode::Succeeded, bound, &mut out);
-    let (r, _) = client.write_all(out).await;
+    let (r, _) = send_all(&client, out).await;
     if let Err(e) = r {
         target.shutdown(Shutdown::Both);
         client.shutdown(Shutdown::Both);
@@ -168,7 +168,7 @@ async fn handshake<S: Stream>(
             Ok(x) => x,
             Err(e) => {
                 if !out.is_empty() {
-                    let _ = client.write_all(out).await;
+                    let _ = send_all(client, out).await;
                 }
                 return Err(e.into());
             }
@@ -194,21 +194,30 @@ async fn handshake<S: Stream>(
                 }
                 user = Some(name);
                 if let Err(e) = hs.authenticated(ok, &mut out) {
-                    let _ = client.write_all(out).await;
+                    let _ = send_all(client, out).await;
                     return Err(e.into());
                 }
             }
             Event::NeedMore => {
                 if !out.is_empty() {
-                    let (r, o) = client.write_all(out).await;
+                    let (r, o) = send_all(client, out).await;
                     out = o;
                     out.clear();
                     r.map_err(SessionError::ClientIo)?;
                 }
                 buf.drain(..consumed);
                 consumed = 0;
-                let (r, b) = client.read(buf).await;
-                buf = b;
+                // The bytes are usually there already (the listener defers accept until the
+                // client's first bytes arrive; later messages follow our replies at once): one
+                // non-blocking recv, and a wait through the runtime only when it finds nothing.
+                let r = match client.try_read(&mut buf) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        let (r, b) = client.read(buf).await;
+                        buf = b;
+                        r
+                    }
+                    r => r,
+                };
                 match r {
                     Ok(0) => return Err(SessionError::ClientClosed),
                     Ok(_) => {}

@@ -31,9 +31,11 @@ const POOL_TRIM_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The relay mode for this runtime: splice needs io_uring.
 pub fn relay_mode<N: Net>(choice: RelayChoice) -> Mode {
+    let splice = <N::Stream as Stream>::SPLICE;
     match choice {
         RelayChoice::Copy => Mode::Copy,
-        RelayChoice::Auto | RelayChoice::Splice if <N::Stream as Stream>::SPLICE => Mode::Splice,
+        RelayChoice::Splice if splice => Mode::Splice,
+        RelayChoice::Auto if splice => Mode::Adaptive,
         RelayChoice::Auto | RelayChoice::Splice => Mode::Copy,
     }
 }

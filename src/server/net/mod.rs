@@ -34,6 +34,18 @@ pub trait Stream: 'static {
     /// Returns whether the peer hung up (there may still be data before the end).
     async fn readable(&self) -> io::Result<Readable>;
 
+    /// Reads what is there now into the spare capacity of `buf` with one non-blocking
+    /// `recv(2)` on the worker thread; `WouldBlock` when nothing is. For small, latency-bound
+    /// reads (the handshake, small relay messages) this saves a trip through the runtime.
+    fn try_read(&self, buf: &mut Vec<u8>) -> io::Result<usize> {
+        recv_now(self.raw_fd(), buf)
+    }
+
+    /// Writes what fits now with one non-blocking `send(2)`; `WouldBlock` when nothing does.
+    fn try_write(&self, data: &[u8]) -> io::Result<usize> {
+        send_now(self.raw_fd(), data)
+    }
+
     /// Whether the stream is at its end right now (nothing left to read, peer closed), asked
     /// without a buffer: `recv(MSG_PEEK | MSG_DONTWAIT)` of one byte.
     fn at_eof(&self) -> io::Result<bool> {
@@ -71,6 +83,21 @@ pub trait Stream: 'static {
     fn local_addr(&self) -> io::Result<SocketAddr> {
         local_addr_of(self.raw_fd())
     }
+}
+
+/// Writes all of `buf`: first with a non-blocking `send(2)` (which takes the whole of a small
+/// message when the socket has room, as it almost always does), then through the runtime for
+/// whatever is left.
+pub async fn send_all<S: Stream>(s: &S, mut buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+    match s.try_write(&buf) {
+        Ok(n) if n == buf.len() => return (Ok(()), buf),
+        Ok(n) => {
+            buf.drain(..n);
+        }
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+        Err(e) => return (Err(e), buf),
+    }
+    Box::pin(s.write_all(buf)).await
 }
 
 /// What a readability wait saw.
@@ -184,5 +211,46 @@ pub(crate) fn peek_eof(fd: RawFd) -> io::Result<bool> {
                 Err(e)
             }
         }
+    }
+}
+
+/// `recv(MSG_DONTWAIT)` into the spare capacity of `buf`.
+pub(crate) fn recv_now(fd: RawFd, buf: &mut Vec<u8>) -> io::Result<usize> {
+    let (len, cap) = (buf.len(), buf.capacity());
+    if len == cap {
+        return Err(io::ErrorKind::InvalidInput.into());
+    }
+    // Safety: the pointer and length describe the Vec's spare capacity, which recv may write;
+    // the length is raised only by what the kernel reports it wrote.
+    unsafe {
+        let r = libc::recv(
+            fd,
+            buf.as_mut_ptr().add(len) as *mut libc::c_void,
+            cap - len,
+            libc::MSG_DONTWAIT,
+        );
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        buf.set_len(len + r as usize);
+        Ok(r as usize)
+    }
+}
+
+/// `send(MSG_DONTWAIT | MSG_NOSIGNAL)`.
+pub(crate) fn send_now(fd: RawFd, data: &[u8]) -> io::Result<usize> {
+    // Safety: a pointer and length of a live slice.
+    let r = unsafe {
+        libc::send(
+            fd,
+            data.as_ptr() as *const libc::c_void,
+            data.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as usize)
     }
 }

@@ -57,21 +57,10 @@ impl Stream for UringStream {
     }
 
     async fn read_now(&self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
-        let (len, cap) = (buf.len(), buf.capacity());
-        if len == cap {
-            return (Err(io::ErrorKind::InvalidInput.into()), buf);
-        }
-        // Safety (pointer): the spare capacity of a Vec the operation owns until it completes.
-        let spare = unsafe { buf.as_mut_ptr().add(len) };
-        let entry = opcode::Recv::new(types::Fd(self.0.as_raw_fd()), spare, (cap - len) as u32)
-            .flags(libc::MSG_DONTWAIT)
-            .build();
-        let (r, (_, mut buf)) = submit((self.0.clone(), buf), entry).await;
-        if let Ok(n) = r {
-            // Safety: the kernel initialised `n` bytes of the spare capacity.
-            unsafe { buf.set_len(len + n as usize) };
-        }
-        (r.map(|n| n as usize), buf)
+        // A non-blocking recv(2) answers at once either way; as an io_uring operation it would
+        // cost a trip through the runtime before the answer is seen.
+        let r = self.try_read(&mut buf);
+        (r, buf)
     }
 
     const SPLICE: bool = true;
