@@ -120,7 +120,7 @@ pub async fn run<N: Net>(ctx: Rc<WorkerCtx>, client: N::Stream, peer: SocketAddr
     if let Err(e) = r {
         target.shutdown(Shutdown::Both);
         client.shutdown(Shutdown::Both);
-        log.relayed(target_addr, 0, 0, Some((Side::Client, &e)));
+        log.relayed(target_addr, 0, 0, Some((Side::Client, &e)), false);
         return;
     }
 
@@ -134,11 +134,7 @@ pub async fn run<N: Net>(ctx: Rc<WorkerCtx>, client: N::Stream, peer: SocketAddr
     let idle_fired = registration.idle_fired();
     drop(registration);
     let err = stats.error.as_ref().map(|(s, e)| (*s, e));
-    if idle_fired {
-        log.relayed_idle(target_addr, stats.up, stats.down);
-    } else {
-        log.relayed(target_addr, stats.up, stats.down, err);
-    }
+    log.relayed(target_addr, stats.up, stats.down, err, idle_fired);
 }
 
 struct Handshaken {
@@ -277,10 +273,22 @@ impl AccessLog<'_> {
         );
     }
 
-    fn relayed(&self, via: SocketAddr, up: u64, down: u64, err: Option<(Side, &io::Error)>) {
+    fn relayed(
+        &self,
+        via: SocketAddr,
+        up: u64,
+        down: u64,
+        err: Option<(Side, &io::Error)>,
+        idle_timeout: bool,
+    ) {
         let (side, error) = match err {
             Some((s, e)) => (s.as_str(), e.to_string()),
             None => ("-", String::new()),
+        };
+        let how = if idle_timeout {
+            "closed: idle timeout"
+        } else {
+            "closed"
         };
         info!(
             target: "access",
@@ -295,23 +303,7 @@ impl AccessLog<'_> {
             ms = self.started.elapsed().as_millis() as u64,
             error_side = side,
             error = %error,
-            "closed"
-        );
-    }
-
-    fn relayed_idle(&self, via: SocketAddr, up: u64, down: u64) {
-        info!(
-            target: "access",
-            client = %self.peer,
-            user = self.user.unwrap_or("-"),
-            cmd = self.request.command.as_str(),
-            dst = %self.request.target,
-            addr = %via,
-            reply = ReplyCode::Succeeded.as_str(),
-            up,
-            down,
-            ms = self.started.elapsed().as_millis() as u64,
-            "closed: idle timeout"
+            "{how}"
         );
     }
 }
