@@ -1,7 +1,8 @@
-//! Every scenario for about a second through a real ringsocks server, when one is given:
+//! Every scenario for about a second through a real ringsocks server:
 //! `RINGSOCKS_BIN=target/release/ringsocks cargo test -p ringsocks-load --test ringsocks`.
-//! Without RINGSOCKS_BIN the test passes without running anything, so `cargo test --workspace`
-//! stays self-contained.
+//! Without RINGSOCKS_BIN it uses the ringsocks binary built beside it, which `cargo test
+//! --workspace` always builds; only a lone `cargo test -p ringsocks-load` before any server
+//! build skips it.
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -52,8 +53,10 @@ fn one(args: &[&str]) -> RunResult {
 
 #[test]
 fn every_scenario_through_ringsocks() {
-    let Ok(bin) = std::env::var("RINGSOCKS_BIN") else {
-        eprintln!("RINGSOCKS_BIN not set; skipping the ringsocks end-to-end test");
+    let Some(bin) = ringsocks_bin() else {
+        eprintln!(
+            "no ringsocks binary (RINGSOCKS_BIN unset, none built beside this test); skipped"
+        );
         return;
     };
     let (server, port) = start(&bin);
@@ -97,4 +100,16 @@ fn every_scenario_through_ringsocks() {
     } else {
         assert_eq!(r.errors, 0, "{:?}", r.first_errors);
     }
+}
+
+/// `RINGSOCKS_BIN`, else the workspace's own build beside this test binary (`cargo test
+/// --workspace` builds it before running any test).
+fn ringsocks_bin() -> Option<String> {
+    if let Ok(bin) = std::env::var("RINGSOCKS_BIN") {
+        return Some(bin);
+    }
+    let exe = std::env::current_exe().ok()?;
+    let profile_dir = exe.parent()?.parent()?;
+    let bin = profile_dir.join("ringsocks");
+    bin.is_file().then(|| bin.display().to_string())
 }
