@@ -35,7 +35,12 @@ impl Resolver {
             .acquire()
             .await
             .map_err(|_| io::Error::other("resolver closed"))?;
-        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port)).await?.collect();
+        // A name that does not resolve is "host unreachable" (X'04') to the client, whatever
+        // getaddrinfo's own error code was.
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|e| io::Error::new(io::ErrorKind::NotFound, format!("resolving {host}: {e}")))?
+            .collect();
         if addrs.is_empty() {
             return Err(io::Error::new(
                 io::ErrorKind::NotFound,
