@@ -22,6 +22,29 @@ enum Cmd {
     Serve(ServeArgs),
 }
 
+/// mimalloc v2's `mi_option_arena_eager_commit` (its `mi_option_t` enum; libmimalloc-sys does
+/// not name it).
+const MI_OPTION_ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
+
+/// Runs from `.init_array`, before the Rust runtime's first allocation creates mimalloc's arena:
+/// commit arena memory as it is used rather than eagerly. With eager commit, memory that a burst
+/// of tunnels used stays resident after they close (measured with 9000 tunnels: 24 MiB after
+/// against 18 MiB before, and 3.9 KiB per tunnel; lazily committed: 11 against 10, and 2.1 KiB
+/// per tunnel). An operator's own `MIMALLOC_ARENA_EAGER_COMMIT` still wins.
+extern "C" fn tune_allocator() {
+    // Safety: getenv with a NUL-terminated literal; mi_option_set before any thread exists
+    // (it is not thread safe) and before mimalloc reads the option.
+    unsafe {
+        if libc::getenv(c"MIMALLOC_ARENA_EAGER_COMMIT".as_ptr()).is_null() {
+            libmimalloc_sys::mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 0);
+        }
+    }
+}
+
+#[used]
+#[link_section = ".init_array"]
+static TUNE_ALLOCATOR: extern "C" fn() = tune_allocator;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
