@@ -32,10 +32,15 @@ pub enum RuntimeChoice {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum RelayChoice {
-    /// io_uring: per direction, copy for small messages and splice for bulk; epoll: copy.
+    /// The recommended mode: copy, for now (see `Splice`).
     Auto,
     /// socket -> pipe -> socket in the kernel (io_uring runtime; epoll falls back to copy).
+    /// Experimental: an IORING_OP_SPLICE runs on a kernel worker thread and can outlive its
+    /// tunnel when the client vanishes mid-stream, keeping the destination socket open.
     Splice,
+    /// Per direction: copy small messages, splice bulk data (io_uring runtime; experimental,
+    /// as `Splice`).
+    Adaptive,
     /// Through pooled user-space buffers.
     Copy,
 }
@@ -88,8 +93,8 @@ pub struct ServeArgs {
     /// Source address for outbound connections (uses IP_BIND_ADDRESS_NO_PORT)
     #[arg(long, value_name = "IP")]
     pub egress_ip: Option<IpAddr>,
-    /// How tunnels move bytes [default: auto = on io_uring copy small messages and splice bulk
-    /// data, per direction; on epoll copy]
+    /// How tunnels move bytes: auto (= copy), copy, or the experimental splice and adaptive
+    /// (io_uring only) [default: auto]
     #[arg(long, value_enum)]
     pub relay: Option<RelayChoice>,
     /// Copy-relay buffer size, in bytes; buffers are pooled per worker and held only while

@@ -103,8 +103,12 @@ pub fn serve(
         RuntimeKind::Uring => worker::relay_mode::<net::uring::Uring>(config.relay),
         RuntimeKind::Epoll => worker::relay_mode::<net::epoll::Epoll>(config.relay),
     };
-    if config.relay == crate::config::RelayChoice::Splice && relay != relay::Mode::Splice {
-        warn!("--relay splice needs the io_uring runtime; using copy");
+    use crate::config::RelayChoice;
+    if matches!(config.relay, RelayChoice::Splice | RelayChoice::Adaptive) {
+        match relay {
+            relay::Mode::Copy => warn!("--relay splice/adaptive needs the io_uring runtime; using copy"),
+            _ => warn!("--relay splice/adaptive is experimental: a splice can outlive a tunnel whose client vanished"),
+        }
     }
     info!(
         runtime = ?kind,
