@@ -65,13 +65,11 @@ pub async fn happy_eyeballs<N: Net>(
 
         match wake {
             Wake::Won(i) => {
-                let mut winner = attempts.swap_remove(i);
+                let winner = attempts.swap_remove(i);
                 // The losers are aborted as `attempts` drops.
                 drop(attempts);
-                let sock = winner.sock.take().and_then(|s| Rc::try_unwrap(s).ok());
-                let sock =
-                    sock.ok_or_else(|| io::Error::other("connect attempt still referenced"))?;
-                return Ok((N::stream(sock)?, winner.addr));
+                let addr = winner.addr;
+                return Ok((winner.into_stream::<N>()?, addr));
             }
             Wake::Failed(i, e) => {
                 let failed = attempts.swap_remove(i);
@@ -104,15 +102,11 @@ pub async fn happy_eyeballs<N: Net>(
     }
 }
 
-/// Connects to one address.
+/// Connects to one address (aborted cleanly if this future is dropped by a timeout).
 pub async fn connect_one<N: Net>(addr: SocketAddr, opts: &ConnectOptions) -> io::Result<N::Stream> {
-    let sock = Rc::new(socket(addr, opts, N::NONBLOCKING)?);
-    let guard = AbortOnDrop(Some(sock.clone()));
-    N::connect(sock.clone(), SockAddr::from(addr)).await?;
-    drop(guard.disarm());
-    let sock =
-        Rc::try_unwrap(sock).map_err(|_| io::Error::other("connect socket still referenced"))?;
-    N::stream(sock)
+    let mut attempt = start::<N>(addr, opts)?;
+    attempt.fut.as_mut().await?;
+    attempt.into_stream::<N>()
 }
 
 /// One connection attempt of a race. Dropping it aborts it: `shutdown` ends a connect in
@@ -123,6 +117,15 @@ struct Attempt {
     addr: SocketAddr,
     sock: Option<Rc<Socket>>,
     fut: Pin<Box<dyn Future<Output = io::Result<()>>>>,
+}
+
+impl Attempt {
+    /// The stream of an attempt whose connect succeeded.
+    fn into_stream<N: Net>(mut self) -> io::Result<N::Stream> {
+        let sock = self.sock.take().and_then(|s| Rc::try_unwrap(s).ok());
+        let sock = sock.ok_or_else(|| io::Error::other("connect attempt still referenced"))?;
+        N::stream(sock)
+    }
 }
 
 impl Drop for Attempt {
@@ -141,23 +144,6 @@ fn start<N: Net>(addr: SocketAddr, opts: &ConnectOptions) -> io::Result<Attempt>
         sock: Some(sock),
         fut,
     })
-}
-
-/// Aborts a single connect if its future is dropped (by a timeout) before it finished.
-struct AbortOnDrop(Option<Rc<Socket>>);
-
-impl AbortOnDrop {
-    fn disarm(mut self) -> Option<Rc<Socket>> {
-        self.0.take()
-    }
-}
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        if let Some(s) = &self.0 {
-            shutdown_fd(s.as_raw_fd(), Shutdown::Both);
-        }
-    }
 }
 
 /// A TCP socket for `addr` with TCP_NODELAY, bound to the egress address if one is set (same

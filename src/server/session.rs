@@ -81,11 +81,8 @@ pub async fn run<N: Net>(ctx: Rc<WorkerCtx>, client: N::Stream, peer: SocketAddr
 
     if request.command != Command::Connect {
         // BIND and UDP ASSOCIATE are not served yet.
-        hs.reply(ReplyCode::CommandNotSupported, None, &mut out);
-        let _ = send_all(&client, out).await;
-        client.shutdown(Shutdown::Both);
-        log.refused(ReplyCode::CommandNotSupported, "command not supported");
-        return;
+        let code = ReplyCode::CommandNotSupported;
+        return refuse(&client, &hs, out, &log, code, "command not supported").await;
     }
 
     let connect_timeout = ctx.config.connect_timeout;
@@ -98,18 +95,11 @@ pub async fn run<N: Net>(ctx: Rc<WorkerCtx>, client: N::Stream, peer: SocketAddr
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
             let code = ReplyCode::from_io_error(&e);
-            hs.reply(code, None, &mut out);
-            let _ = send_all(&client, out).await;
-            client.shutdown(Shutdown::Both);
-            log.refused(code, &e.to_string());
-            return;
+            return refuse(&client, &hs, out, &log, code, &e.to_string()).await;
         }
         Err(_) => {
-            hs.reply(ReplyCode::HostUnreachable, None, &mut out);
-            let _ = send_all(&client, out).await;
-            client.shutdown(Shutdown::Both);
-            log.refused(ReplyCode::HostUnreachable, "connect timed out");
-            return;
+            let code = ReplyCode::HostUnreachable;
+            return refuse(&client, &hs, out, &log, code, "connect timed out").await;
         }
     };
 
@@ -135,6 +125,21 @@ pub async fn run<N: Net>(ctx: Rc<WorkerCtx>, client: N::Stream, peer: SocketAddr
     drop(registration);
     let err = stats.error.as_ref().map(|(s, e)| (*s, e));
     log.relayed(target_addr, stats.up, stats.down, err, idle_fired);
+}
+
+/// Answers a request with a failure reply, closes the client and logs the refusal.
+async fn refuse<S: Stream>(
+    client: &S,
+    hs: &Handshake,
+    mut out: Vec<u8>,
+    log: &AccessLog<'_>,
+    code: ReplyCode,
+    why: &str,
+) {
+    hs.reply(code, None, &mut out);
+    let _ = send_all(client, out).await;
+    client.shutdown(Shutdown::Both);
+    log.refused(code, why);
 }
 
 struct Handshaken {

@@ -71,6 +71,13 @@ impl WorkerCtx {
         self.active.set(self.active.get() + 1);
         ActiveGuard(self.clone())
     }
+
+    /// Resolves once no session is active.
+    async fn all_closed(&self) {
+        while self.active.get() > 0 {
+            self.idle.notified().await;
+        }
+    }
 }
 
 /// Keeps a session counted as active.
@@ -191,21 +198,11 @@ pub async fn run<N: Net>(
             tunnels = ctx.active.get(),
             "draining for up to {drain:?}"
         );
-        let wait = async {
-            while ctx.active.get() > 0 {
-                ctx.idle.notified().await;
-            }
-        };
-        if tokio::time::timeout(drain, wait).await.is_err() {
+        if tokio::time::timeout(drain, ctx.all_closed()).await.is_err() {
             // Deadline: shut every tunnel down so each ends cleanly (FIN both ways, buffers and
             // pipes back) instead of vanishing with the runtime.
             ctx.tunnels.close_all();
-            let wait = async {
-                while ctx.active.get() > 0 {
-                    ctx.idle.notified().await;
-                }
-            };
-            let _ = tokio::time::timeout(Duration::from_secs(2), wait).await;
+            let _ = tokio::time::timeout(Duration::from_secs(2), ctx.all_closed()).await;
         }
     }
     housekeeping.abort();
