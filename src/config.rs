@@ -32,14 +32,11 @@ pub enum RuntimeChoice {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum RelayChoice {
-    /// The recommended mode: copy, for now (see `Splice`).
+    /// The recommended mode (splice; chosen from measurements, see loadtest/README.md).
     Auto,
-    /// socket -> pipe -> socket in the kernel (io_uring runtime; epoll falls back to copy).
-    /// Experimental: an IORING_OP_SPLICE runs on a kernel worker thread and can outlive its
-    /// tunnel when the client vanishes mid-stream, keeping the destination socket open.
+    /// socket -> pipe -> socket in the kernel, no copy through user space.
     Splice,
-    /// Per direction: copy small messages, splice bulk data (io_uring runtime; experimental,
-    /// as `Splice`).
+    /// Per direction: copy small messages, splice bulk data.
     Adaptive,
     /// Through pooled user-space buffers.
     Copy,
@@ -93,8 +90,7 @@ pub struct ServeArgs {
     /// Source address for outbound connections (uses IP_BIND_ADDRESS_NO_PORT)
     #[arg(long, value_name = "IP")]
     pub egress_ip: Option<IpAddr>,
-    /// How tunnels move bytes: auto (= copy), copy, or the experimental splice and adaptive
-    /// (io_uring only) [default: auto]
+    /// How tunnels move bytes: auto (= splice), splice, copy or adaptive [default: auto]
     #[arg(long, value_enum)]
     pub relay: Option<RelayChoice>,
     /// Copy-relay buffer size, in bytes; buffers are pooled per worker and held only while

@@ -1,12 +1,7 @@
-//! Relay integrity, the same for every relay mode: splice, copy and adaptive on io_uring, copy on
-//! epoll.
-//!
-//! Known fault, tracked in the relay issue: in the splice and adaptive modes a splice handed to
-//! an io_uring kernel worker can outlive a tunnel whose client vanished mid-stream, keeping the
-//! destination socket open (about one run in eight with four tunnels at once). Those two cases
-//! are ignored until it is fixed; `auto` uses copy meanwhile.
-//! 1 GiB each way with SHA-256 checks, half-close each way, the target resetting mid-stream,
-//! the client vanishing mid-stream, and the proxy's descriptors back at baseline afterwards.
+//! Relay integrity, the same for every relay mode (splice, adaptive and copy on io_uring;
+//! splice and copy on epoll): 1 GiB each way with SHA-256 checks, half-close each way, the
+//! target resetting mid-stream, the client vanishing mid-stream, and the proxy's descriptors
+//! back at baseline afterwards.
 
 mod common;
 
@@ -19,36 +14,18 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 macro_rules! every_mode {
-    ($($name:ident),* ; splice_known_fault: $($flaky:ident),*) => {
-        mod splice {
-            const ARGS: &[&str] = &["--runtime", "uring", "--relay", "splice"];
+    ($($name:ident),*) => {
+        every_mode!(@mode splice_uring, ["--runtime", "uring", "--relay", "splice"], $($name),*);
+        every_mode!(@mode adaptive_uring, ["--runtime", "uring", "--relay", "adaptive"], $($name),*);
+        every_mode!(@mode copy_uring, ["--runtime", "uring", "--relay", "copy"], $($name),*);
+        every_mode!(@mode splice_epoll, ["--runtime", "epoll", "--relay", "splice"], $($name),*);
+        every_mode!(@mode copy_epoll, ["--runtime", "epoll", "--relay", "copy"], $($name),*);
+    };
+    (@mode $mode:ident, [$($arg:expr),*], $($name:ident),*) => {
+        mod $mode {
+            const ARGS: &[&str] = &[$($arg),*];
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() { super::$name(ARGS).await })*
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            #[ignore = "known fault: a splice can outlive a vanished client's tunnel"]
-            async fn $flaky() { super::$flaky(ARGS).await })*
-        }
-        mod adaptive {
-            const ARGS: &[&str] = &["--runtime", "uring", "--relay", "adaptive"];
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(ARGS).await })*
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            #[ignore = "known fault: a splice can outlive a vanished client's tunnel"]
-            async fn $flaky() { super::$flaky(ARGS).await })*
-        }
-        mod copy {
-            const ARGS: &[&str] = &["--runtime", "uring", "--relay", "copy"];
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(ARGS).await })*
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $flaky() { super::$flaky(ARGS).await })*
-        }
-        mod epoll {
-            const ARGS: &[&str] = &["--runtime", "epoll"];
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(ARGS).await })*
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $flaky() { super::$flaky(ARGS).await })*
         }
     };
 }
@@ -56,8 +33,8 @@ macro_rules! every_mode {
 every_mode!(
     one_gib_each_way,
     half_close_each_way,
-    target_reset_mid_stream;
-    splice_known_fault: client_vanishes_mid_stream
+    target_reset_mid_stream,
+    client_vanishes_mid_stream
 );
 
 const GIB: u64 = 1 << 30;

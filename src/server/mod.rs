@@ -99,17 +99,7 @@ pub fn serve(
         .iter()
         .filter_map(|l| l.local_addr().ok())
         .collect();
-    let relay = match kind {
-        RuntimeKind::Uring => worker::relay_mode::<net::uring::Uring>(config.relay),
-        RuntimeKind::Epoll => worker::relay_mode::<net::epoll::Epoll>(config.relay),
-    };
-    use crate::config::RelayChoice;
-    if matches!(config.relay, RelayChoice::Splice | RelayChoice::Adaptive) {
-        match relay {
-            relay::Mode::Copy => warn!("--relay splice/adaptive needs the io_uring runtime; using copy"),
-            _ => warn!("--relay splice/adaptive is experimental: a splice can outlive a tunnel whose client vanished"),
-        }
-    }
+    let relay = worker::relay_mode(config.relay);
     info!(
         runtime = ?kind,
         ?relay,

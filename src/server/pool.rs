@@ -5,7 +5,6 @@
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::rc::Rc;
 
 /// A worker's buffers and pipes.
 pub struct Pools {
@@ -132,7 +131,7 @@ impl Pipe {
 /// Free pipes, at most `keep` of them kept. A pipe is only returned empty: one that may
 /// still hold bytes (its tunnel failed mid-move) is closed instead.
 pub struct PipePool {
-    free: RefCell<Vec<Rc<Pipe>>>,
+    free: RefCell<Vec<Pipe>>,
     size: usize,
     keep: usize,
     open: Cell<usize>,
@@ -157,20 +156,20 @@ impl PipePool {
     }
 
     /// An empty pipe, or the error that creating one met (EMFILE when out of descriptors).
-    pub fn take(&self) -> io::Result<Rc<Pipe>> {
+    pub fn take(&self) -> io::Result<Pipe> {
         self.used.set(true);
         if let Some(p) = self.free.borrow_mut().pop() {
             return Ok(p);
         }
-        let p = Rc::new(Pipe::new(self.size)?);
+        let p = Pipe::new(self.size)?;
         self.open.set(self.open.get() + 1);
         Ok(p)
     }
 
     /// Returns an empty pipe.
-    pub fn give(&self, pipe: Rc<Pipe>) {
+    pub fn give(&self, pipe: Pipe) {
         let mut free = self.free.borrow_mut();
-        if free.len() < self.keep && Rc::strong_count(&pipe) == 1 {
+        if free.len() < self.keep {
             free.push(pipe);
         } else {
             self.discard(pipe);
@@ -178,7 +177,7 @@ impl PipePool {
     }
 
     /// Closes a pipe that may not be empty.
-    pub fn discard(&self, pipe: Rc<Pipe>) {
+    pub fn discard(&self, pipe: Pipe) {
         drop(pipe);
         self.open.set(self.open.get().saturating_sub(1));
     }

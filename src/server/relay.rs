@@ -8,10 +8,15 @@
 //!   a pipe taken from the worker's pool only while bytes move and returned empty.
 //!
 //! Both follow the same rules:
+//! - Bytes move with direct non-blocking syscalls on the worker thread (`recv`, `send`,
+//!   `splice`), which answer at once; a direction waits for readiness (an io_uring poll, or
+//!   epoll) only when one would block. No kernel worker thread is involved, so nothing the
+//!   relay started can outlive it.
 //! - EOF from one side becomes `shutdown(Write)` on the other; the tunnel ends when both
 //!   directions have ended (a client that half-closes still gets the whole response).
-//! - An error on either side (a reset, a failed write) shuts both sockets down in both
-//!   directions, which completes the other direction's pending operation at once.
+//! - An error on either side (a reset, a failed write) aborts both sockets: shut down in both
+//!   directions, which completes the other direction's pending operation at once, and closed
+//!   with a reset so each peer learns the tunnel broke (not a FIN that looks like a clean end).
 //! - Idle timeouts are the worker's job ([`super::tunnels`]): the relay reports activity
 //!   through `touch` and ends when the sweep shuts its sockets down.
 
@@ -19,7 +24,7 @@ use std::cell::Cell;
 use std::io;
 use std::net::Shutdown;
 
-use super::net::{send_all, Stream};
+use super::net::{write_ready, Stream};
 use super::pool::Pools;
 
 /// How bytes are moved.
@@ -27,11 +32,11 @@ use super::pool::Pools;
 pub enum Mode {
     /// Through pooled user-space buffers.
     Copy,
-    /// Through pooled pipes with splice(2) (io_uring runtime only).
+    /// Through pooled pipes with splice(2).
     Splice,
-    /// Per direction: copy while messages are small (a splice through io_uring costs two
-    /// hand-offs to kernel worker threads, which small messages feel as latency), splice once a
-    /// read fills a small buffer (bulk data), and back to copy when splices come in small.
+    /// Per direction: copy while messages are small (one recv and one send, against splice's
+    /// two splices and a pipe from the pool), splice once a read fills a small buffer (bulk
+    /// data), and back to copy when splices come in small.
     Adaptive,
 }
 
@@ -86,7 +91,20 @@ pub async fn relay<S: Stream>(
     let up = Cell::new(0u64);
     let down = Cell::new(0u64);
     let first_error: Cell<Option<(Side, io::Error)>> = Cell::new(None);
-    let mode = if S::SPLICE { mode } else { Mode::Copy };
+    // Both modes move bytes with direct non-blocking syscalls on this thread and wait for
+    // readiness (an io_uring poll, or epoll) only when one would block: no kernel worker
+    // threads, no operation outliving the tunnel, and nothing held while waiting.
+    for s in [client, target] {
+        if let Err(e) = s.set_nonblocking() {
+            tracing::warn!("cannot make a socket non-blocking for the relay: {e}");
+            client.abort();
+            target.abort();
+            return RelayStats {
+                error: Some((Side::Client, e)),
+                ..RelayStats::default()
+            };
+        }
+    }
 
     let up_dir = Direction {
         from: client,
@@ -140,11 +158,10 @@ impl<S: Stream> Direction<'_, S> {
         if !pending.is_empty() {
             // Rare (a client that pipelines payload after its request): boxed, so that the
             // write's state does not enlarge every tunnel's future.
-            let n = pending.len() as u64;
-            if let (Err(e), _) = Box::pin(self.to.write_all(pending)).await {
+            if let Err(e) = Box::pin(write_ready(self.to, &pending)).await {
                 return self.fail(self.from_side.other(), e);
             }
-            self.count(n);
+            self.count(pending.len() as u64);
         } else {
             drop(pending);
         }
@@ -187,7 +204,7 @@ impl<S: Stream> Direction<'_, S> {
                 }
                 Ok(n) => {
                     large = n >= self.pools.small.size();
-                    let (w, buf) = send_all(self.to, buf).await;
+                    let w = write_ready(self.to, &buf).await;
                     pool.give(buf);
                     if let Err(e) = w {
                         return End::Failed(self.from_side.other(), e);
@@ -213,16 +230,11 @@ impl<S: Stream> Direction<'_, S> {
         }
     }
 
-    /// Wait for readability, then splice what is there into a pooled pipe and out to the other
-    /// side, and give the (empty) pipe back before waiting again.
+    /// Splice what is there into a pooled pipe and out to the other side; when nothing is
+    /// there, give the (empty) pipe back and wait for readability holding nothing.
     async fn splice(&self, adaptive: bool) -> End {
         let pipes = &self.pools.pipes;
         loop {
-            match self.wait_readable().await {
-                Ok(true) => return End::Eof,
-                Ok(false) => {}
-                Err(end) => return end,
-            }
             let pipe = match pipes.take() {
                 Ok(p) => p,
                 Err(e) => {
@@ -235,7 +247,7 @@ impl<S: Stream> Direction<'_, S> {
                     }
                 }
             };
-            let n = match Box::pin(self.from.splice_in(&pipe, pipes.size())).await {
+            let n = match self.from.try_splice_in(&pipe, pipes.size()) {
                 Ok(0) => {
                     pipes.give(pipe);
                     return End::Eof;
@@ -243,7 +255,11 @@ impl<S: Stream> Direction<'_, S> {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     pipes.give(pipe);
-                    continue;
+                    match self.wait_readable().await {
+                        Ok(true) => return End::Eof,
+                        Ok(false) => continue,
+                        Err(end) => return end,
+                    }
                 }
                 Err(e) => {
                     pipes.give(pipe);
@@ -253,15 +269,19 @@ impl<S: Stream> Direction<'_, S> {
             (self.touch)();
             let mut left = n;
             while left > 0 {
-                match Box::pin(self.to.splice_out(&pipe, left)).await {
+                match self.to.try_splice_out(&pipe, left) {
                     Ok(0) => {
                         pipes.discard(pipe);
-                        return End::Failed(
-                            self.from_side.other(),
-                            io::ErrorKind::WriteZero.into(),
-                        );
+                        let e = io::ErrorKind::WriteZero.into();
+                        return End::Failed(self.from_side.other(), e);
                     }
                     Ok(m) => left -= m,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        if let Err(e) = Box::pin(self.to.writable()).await {
+                            pipes.discard(pipe);
+                            return End::Failed(self.from_side.other(), e);
+                        }
+                    }
                     Err(e) => {
                         // The pipe may still hold bytes: close it rather than pool it.
                         pipes.discard(pipe);
@@ -282,27 +302,26 @@ impl<S: Stream> Direction<'_, S> {
     async fn copy_once(&self) -> Result<bool, End> {
         let buffers = &self.pools.small;
         let (r, buf) = self.from.read_now(buffers.take()).await;
-        match r {
-            Ok(0) => {
-                buffers.give(buf);
-                Ok(false)
-            }
-            Ok(n) => {
-                let (w, buf) = send_all(self.to, buf).await;
-                buffers.give(buf);
-                w.map_err(|e| End::Failed(self.from_side.other(), e))?;
-                self.count(n as u64);
-                Ok(true)
-            }
+        let r = match r {
+            Ok(0) => Ok(false),
+            Ok(n) => match write_ready(self.to, &buf).await {
+                Ok(()) => {
+                    self.count(n as u64);
+                    Ok(true)
+                }
+                Err(e) => Err(End::Failed(self.from_side.other(), e)),
+            },
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 buffers.give(buf);
-                Ok(true)
+                return match self.wait_readable().await {
+                    Ok(eof) => Ok(!eof),
+                    Err(end) => Err(end),
+                };
             }
-            Err(e) => {
-                buffers.give(buf);
-                Err(End::Failed(self.from_side, e))
-            }
-        }
+            Err(e) => Err(End::Failed(self.from_side, e)),
+        };
+        buffers.give(buf);
+        r
     }
 
     /// Waits for readability holding nothing; `Ok(true)` when the peer closed with nothing
@@ -326,11 +345,12 @@ impl<S: Stream> Direction<'_, S> {
         (self.touch)();
     }
 
-    /// Records the first error and shuts both sockets down so the other direction ends too.
+    /// Records the first error and aborts both sockets: the other direction ends too, and both
+    /// peers see a reset (see [`Stream::abort`]).
     fn fail(&self, side: Side, e: io::Error) {
         let prev = self.error.take();
         self.error.set(prev.or(Some((side, e))));
-        self.from.shutdown(Shutdown::Both);
-        self.to.shutdown(Shutdown::Both);
+        self.from.abort();
+        self.to.abort();
     }
 }

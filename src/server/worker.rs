@@ -14,7 +14,7 @@ use tokio::sync::{watch, Notify};
 use tracing::{error, info, warn};
 
 use super::connect::ConnectOptions;
-use super::net::{shutdown_fd, Net, Stream};
+use super::net::{shutdown_fd, Net};
 use super::pool::{BufferPool, PipePool, Pools, SMALL_BUFFER};
 use super::relay::Mode;
 use super::resolve::Resolver;
@@ -29,18 +29,16 @@ const POOL_KEEP: usize = 64;
 /// How often a worker releases pooled buffers and pipes that went unused.
 const POOL_TRIM_INTERVAL: Duration = Duration::from_secs(1);
 
-/// The relay mode for this runtime: splice needs io_uring.
-pub fn relay_mode<N: Net>(choice: RelayChoice) -> Mode {
-    let splice = <N::Stream as Stream>::SPLICE;
+/// The relay mode `--relay` asks for. `auto` is splice: measured against copy in
+/// `loadtest/README.md` (bulk throughput, CPU per GiB and small request/response latency).
+pub fn relay_mode(choice: RelayChoice) -> Mode {
     match choice {
-        // Copy measured as fast as splice or faster for one tunnel and for small messages, and
-        // the splice path has a known fault (see RelayChoice::Splice).
-        RelayChoice::Auto | RelayChoice::Copy => Mode::Copy,
-        RelayChoice::Splice if splice => Mode::Splice,
-        RelayChoice::Adaptive if splice => Mode::Adaptive,
-        RelayChoice::Splice | RelayChoice::Adaptive => Mode::Copy,
+        RelayChoice::Auto | RelayChoice::Splice => Mode::Splice,
+        RelayChoice::Adaptive => Mode::Adaptive,
+        RelayChoice::Copy => Mode::Copy,
     }
 }
+
 use crate::proto::AuthPolicy;
 
 /// Per-worker state shared by its sessions (single-threaded: `Rc` and `Cell`, no locks).
@@ -117,7 +115,7 @@ pub async fn run<N: Net>(
             small: BufferPool::new(SMALL_BUFFER.min(config.buffer_size), POOL_KEEP * 4),
             pipes: PipePool::new(config.pipe_size, POOL_KEEP),
         },
-        relay: relay_mode::<N>(config.relay),
+        relay: relay_mode(config.relay),
         tunnels: Tunnels::default(),
         config,
         active: Cell::new(0),

@@ -10,7 +10,8 @@ use socket2::{SockAddr, Socket};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
-use super::{shutdown_fd, Net, Readable, Stream};
+use super::{shutdown_fd, splice_now, Net, Readable, Stream};
+use crate::server::pool::Pipe;
 
 /// epoll runtime marker.
 pub struct Epoll;
@@ -55,6 +56,33 @@ impl Stream for EpollStream {
         Ok(Readable {
             hangup: ready.is_read_closed() || ready.is_error(),
         })
+    }
+
+    async fn writable(&self) -> io::Result<()> {
+        self.0.writable().await
+    }
+
+    // The direct syscalls go through tokio's `try_io`, so that a `WouldBlock` clears tokio's
+    // cached readiness and the next wait really waits.
+
+    fn try_write(&self, data: &[u8]) -> io::Result<usize> {
+        self.0.try_write(data)
+    }
+
+    fn set_nonblocking(&self) -> io::Result<()> {
+        Ok(()) // tokio's sockets always are
+    }
+
+    fn try_splice_in(&self, pipe: &Pipe, len: usize) -> io::Result<usize> {
+        let fd = self.0.as_raw_fd();
+        self.0
+            .try_io(Interest::READABLE, || splice_now(fd, pipe.writer(), len))
+    }
+
+    fn try_splice_out(&self, pipe: &Pipe, len: usize) -> io::Result<usize> {
+        let fd = self.0.as_raw_fd();
+        self.0
+            .try_io(Interest::WRITABLE, || splice_now(pipe.reader(), fd, len))
     }
 
     async fn read_now(&self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {

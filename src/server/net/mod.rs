@@ -55,26 +55,51 @@ pub trait Stream: 'static {
     /// Reads what is there now into the spare capacity of `buf`; `WouldBlock` when nothing is.
     async fn read_now(&self, buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>);
 
-    /// Whether [`Stream::splice_in`] and [`Stream::splice_out`] work on this runtime.
-    const SPLICE: bool = false;
+    /// Waits until a write would not block (room in the send buffer, or an error).
+    async fn writable(&self) -> io::Result<()>;
 
-    /// Moves up to `len` bytes from this socket into `pipe` (call when readable). `Ok(0)` is end
-    /// of stream.
-    async fn splice_in(&self, pipe: &Rc<Pipe>, len: usize) -> io::Result<usize> {
-        let _ = (pipe, len);
-        Err(io::ErrorKind::Unsupported.into())
+    /// Puts the socket in non-blocking mode for the relay, which moves bytes with direct
+    /// syscalls on the worker thread ([`Stream::try_read`], [`Stream::try_write`],
+    /// [`Stream::try_splice_in`], [`Stream::try_splice_out`]) and waits with
+    /// [`Stream::readable`] and [`Stream::writable`] when they would block.
+    fn set_nonblocking(&self) -> io::Result<()> {
+        let raw = self.raw_fd();
+        // Safety: the descriptor belongs to this live stream; the borrow ends with the call.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(raw) };
+        socket2::SockRef::from(&fd).set_nonblocking(true)
     }
 
-    /// Moves up to `len` bytes from `pipe` to this socket, waiting for room as needed.
-    async fn splice_out(&self, pipe: &Rc<Pipe>, len: usize) -> io::Result<usize> {
-        let _ = (pipe, len);
-        Err(io::ErrorKind::Unsupported.into())
+    /// Moves what is there now, up to `len` bytes, from this socket into `pipe` with one
+    /// non-blocking `splice(2)`. `Ok(0)` is end of stream; `WouldBlock` when nothing is there.
+    fn try_splice_in(&self, pipe: &Pipe, len: usize) -> io::Result<usize> {
+        splice_now(self.raw_fd(), pipe.writer(), len)
+    }
+
+    /// Moves up to `len` bytes from `pipe` to this socket with one non-blocking `splice(2)`;
+    /// `WouldBlock` when the send buffer is full.
+    fn try_splice_out(&self, pipe: &Pipe, len: usize) -> io::Result<usize> {
+        splice_now(pipe.reader(), self.raw_fd(), len)
     }
 
     /// `shutdown(2)`. Completes pending reads on this socket, which is how a timed-out
     /// operation is ended before its future is dropped (io_uring operations are not cancelled by
     /// dropping them). Errors (the peer already gone) are ignored.
     fn shutdown(&self, how: Shutdown);
+
+    /// Marks the connection for an abortive close (SO_LINGER 0: the close that follows sends a
+    /// reset, not a FIN) and shuts it down both ways, which ends pending operations on it.
+    ///
+    /// A broken tunnel is reported to both ends as a reset: a clean FIN would let a truncated
+    /// download look complete, and a peer whose window is closed on a socket we drained
+    /// (a splice took the bytes) would otherwise only learn of the close from a zero-window
+    /// probe, tens of seconds later.
+    fn abort(&self) {
+        let raw = self.raw_fd();
+        // Safety: the descriptor belongs to this live stream; the borrow ends with the call.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(raw) };
+        let _ = socket2::SockRef::from(&fd).set_linger(Some(std::time::Duration::ZERO));
+        shutdown_fd(raw, Shutdown::Both);
+    }
 
     /// The file descriptor, for socket options and logging.
     fn raw_fd(&self) -> RawFd;
@@ -85,9 +110,9 @@ pub trait Stream: 'static {
     }
 }
 
-/// Writes all of `buf`: first with a non-blocking `send(2)` (which takes the whole of a small
-/// message when the socket has room, as it almost always does), then through the runtime for
-/// whatever is left.
+/// Writes all of `buf` during the handshake (the socket is in the runtime's own mode): first
+/// with a non-blocking `send(2)` (which takes the whole of a small message when the socket has
+/// room, as it almost always does), then through the runtime for whatever is left.
 pub async fn send_all<S: Stream>(s: &S, mut buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
     match s.try_write(&buf) {
         Ok(n) if n == buf.len() => return (Ok(()), buf),
@@ -98,6 +123,19 @@ pub async fn send_all<S: Stream>(s: &S, mut buf: Vec<u8>) -> (io::Result<()>, Ve
         Err(e) => return (Err(e), buf),
     }
     Box::pin(s.write_all(buf)).await
+}
+
+/// Writes all of `data` to a socket in non-blocking mode (the relay's): direct `send(2)`s,
+/// waiting for room between them.
+pub async fn write_ready<S: Stream>(s: &S, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        match s.try_write(data) {
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Box::pin(s.writable()).await?,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// What a readability wait saw.
@@ -211,6 +249,28 @@ pub(crate) fn peek_eof(fd: RawFd) -> io::Result<bool> {
                 Err(e)
             }
         }
+    }
+}
+
+/// `splice(2)` between a socket and a pipe without waiting (SPLICE_F_NONBLOCK for the pipe;
+/// the socket is in non-blocking mode). SPLICE_F_MOVE is a hint the kernel may ignore.
+pub(crate) fn splice_now(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+    // Safety: no pointers (null offsets: both ends are streams); invalid descriptors are
+    // reported as errors.
+    let r = unsafe {
+        libc::splice(
+            from,
+            std::ptr::null_mut(),
+            to,
+            std::ptr::null_mut(),
+            len,
+            libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MOVE,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as usize)
     }
 }
 

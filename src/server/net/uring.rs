@@ -7,8 +7,13 @@
 //! [`UnsubmittedOneshot`]; the operation holds an `Rc` of the socket so the descriptor cannot be
 //! closed and reused while the kernel still refers to it.
 //!
-//! Sockets given to io_uring are in blocking mode: on an O_NONBLOCK socket the kernel returns
-//! EAGAIN for a read or write that cannot proceed instead of waiting for readiness itself.
+//! Sockets given to io_uring are in blocking mode during the handshake: on an O_NONBLOCK socket
+//! the kernel returns EAGAIN for a read or write that cannot proceed instead of waiting for
+//! readiness itself. The relay then switches them to non-blocking mode and moves bytes with
+//! direct syscalls, using io_uring only for readiness polls ([`Stream::readable`],
+//! [`Stream::writable`]); an IORING_OP_SPLICE would run on a kernel worker thread (splice has no
+//! non-blocking path in io_uring), costing two thread hand-offs per chunk and able to outlive
+//! its tunnel.
 
 use std::io;
 use std::net::{Shutdown, SocketAddr};
@@ -23,13 +28,12 @@ use tokio_uring::buf::BoundedBuf;
 use tokio_uring::{OneshotOutputTransform, UnsubmittedOneshot};
 
 use super::{Net, Readable, Stream};
-use crate::server::pool::Pipe;
 
 /// io_uring runtime marker.
 pub struct Uring;
 
 /// A stream whose reads and writes are io_uring operations. The `Rc` lets operations this file
-/// submits itself (poll, recv, splice) keep the socket open until the kernel is done with it.
+/// submits itself (poll, connect) keep the socket open until the kernel is done with it.
 pub struct UringStream(Rc<tokio_uring::net::TcpStream>);
 
 impl Stream for UringStream {
@@ -47,13 +51,19 @@ impl Stream for UringStream {
     }
 
     async fn readable(&self) -> io::Result<Readable> {
-        let events = (libc::POLLIN | libc::POLLRDHUP | libc::POLLERR | libc::POLLHUP) as u32;
-        let entry = opcode::PollAdd::new(types::Fd(self.0.as_raw_fd()), events).build();
-        let mask = submit(self.0.clone(), entry).await.0?;
+        let mask = self
+            .poll(libc::POLLIN | libc::POLLRDHUP | libc::POLLERR | libc::POLLHUP)
+            .await?;
         let hangup = (libc::POLLRDHUP | libc::POLLERR | libc::POLLHUP) as u32;
         Ok(Readable {
             hangup: mask & hangup != 0,
         })
+    }
+
+    async fn writable(&self) -> io::Result<()> {
+        self.poll(libc::POLLOUT | libc::POLLERR | libc::POLLHUP)
+            .await
+            .map(drop)
     }
 
     async fn read_now(&self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
@@ -63,42 +73,20 @@ impl Stream for UringStream {
         (r, buf)
     }
 
-    const SPLICE: bool = true;
-
-    async fn splice_in(&self, pipe: &Rc<Pipe>, len: usize) -> io::Result<usize> {
-        let entry = opcode::Splice::new(
-            types::Fd(self.0.as_raw_fd()),
-            -1,
-            types::Fd(pipe.writer()),
-            -1,
-            len.min(u32::MAX as usize) as u32,
-        )
-        .flags(libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK)
-        .build();
-        let (r, _) = submit((self.0.clone(), pipe.clone()), entry).await;
-        r.map(|n| n as usize)
-    }
-
-    async fn splice_out(&self, pipe: &Rc<Pipe>, len: usize) -> io::Result<usize> {
-        let entry = opcode::Splice::new(
-            types::Fd(pipe.reader()),
-            -1,
-            types::Fd(self.0.as_raw_fd()),
-            -1,
-            len.min(u32::MAX as usize) as u32,
-        )
-        .flags(libc::SPLICE_F_MOVE)
-        .build();
-        let (r, _) = submit((self.0.clone(), pipe.clone()), entry).await;
-        r.map(|n| n as usize)
-    }
-
     fn shutdown(&self, how: Shutdown) {
         let _ = self.0.shutdown(how);
     }
 
     fn raw_fd(&self) -> RawFd {
         self.0.as_raw_fd()
+    }
+}
+
+impl UringStream {
+    /// One IORING_OP_POLL_ADD: waits for any of `events`, returns the events seen.
+    async fn poll(&self, events: libc::c_short) -> io::Result<u32> {
+        let entry = opcode::PollAdd::new(types::Fd(self.0.as_raw_fd()), events as u32).build();
+        submit(self.0.clone(), entry).await.0
     }
 }
 
