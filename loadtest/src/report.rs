@@ -151,6 +151,8 @@ pub struct CompareRow {
     pub error_rate: f64,
     pub generator_cpu_pct: f64,
     pub proxy_cpu_pct: Option<f64>,
+    /// Proxy CPU seconds per GiB relayed (throughput scenario).
+    pub proxy_cpu_s_per_gib: Option<f64>,
     pub machine_busy_pct: Option<f64>,
     pub rss_kib_per_tunnel: Option<f64>,
     pub pss_kib_per_tunnel: Option<f64>,
@@ -207,6 +209,17 @@ fn median_opt(runs: &[&RunResult], f: impl Fn(&RunResult) -> Option<f64>) -> Opt
     (!v.is_empty()).then(|| median(&mut v))
 }
 
+/// Proxy CPU seconds per GiB relayed in one throughput run: CPU is a steadier measure than
+/// wall-clock speed on a shared machine.
+fn cpu_s_per_gib(r: &RunResult) -> Option<f64> {
+    if r.scenario != Scenario::Throughput {
+        return None;
+    }
+    let gib_per_s = r.headline() * 1e9 / 8.0 / (1u64 << 30) as f64;
+    let cores = r.cpu.proxy_pct? / 100.0;
+    (gib_per_s > 0.0).then(|| cores / gib_per_s)
+}
+
 /// Group runs by entry name (in first-seen order) and take medians across rounds.
 pub fn summarize(runs: &[RunResult]) -> Option<CompareSummary> {
     let first = runs.first()?;
@@ -240,6 +253,7 @@ pub fn summarize(runs: &[RunResult]) -> Option<CompareSummary> {
             error_rate: median_of(&rs, |r| r.error_rate),
             generator_cpu_pct: median_of(&rs, |r| r.cpu.generator_pct),
             proxy_cpu_pct: median_opt(&rs, |r| r.cpu.proxy_pct),
+            proxy_cpu_s_per_gib: median_opt(&rs, cpu_s_per_gib),
             machine_busy_pct: median_opt(&rs, |r| r.cpu.machine_busy_pct),
             rss_kib_per_tunnel: median_opt(&rs, |r| r.hold.as_ref()?.rss_kib_per_tunnel),
             pss_kib_per_tunnel: median_opt(&rs, |r| r.hold.as_ref()?.pss_kib_per_tunnel),
@@ -483,6 +497,7 @@ pub fn render_run(r: &RunResult) -> String {
 pub fn render_compare(s: &CompareSummary) -> String {
     let mut o = String::new();
     let hold = s.scenario == Scenario::Hold;
+    let bulk = s.scenario == Scenario::Throughput;
     let rounds = s.rows.first().map_or(0, |r| r.rounds);
     let _ =
         writeln!(
@@ -512,6 +527,9 @@ pub fn render_compare(s: &CompareSummary) -> String {
     if hold {
         let _ = write!(o, " {:>8} {:>8} {:>7}", "RSS KiB", "PSS KiB", "fds");
     }
+    if bulk {
+        let _ = write!(o, " {:>9}", "cpu-s/GiB");
+    }
     o.push('\n');
     for r in &s.rows {
         let _ = write!(
@@ -539,6 +557,12 @@ pub fn render_compare(s: &CompareSummary) -> String {
                 f(r.pss_kib_per_tunnel, 1),
                 f(r.fds_per_tunnel, 2)
             );
+        }
+        if bulk {
+            let v = r
+                .proxy_cpu_s_per_gib
+                .map_or("-".into(), |v| format!("{v:.3}"));
+            let _ = write!(o, " {v:>9}");
         }
         o.push('\n');
     }
