@@ -1,6 +1,8 @@
 //! The SOCKS5 UDP request header, RFC 1928 section 7: RSV (2), FRAG, ATYP, DST.ADDR, DST.PORT,
 //! then DATA.
 
+use std::net::SocketAddr;
+
 use super::{Parsed, ProtoError, TargetAddr};
 
 /// A parsed UDP header.
@@ -32,6 +34,39 @@ pub fn parse_header(buf: &[u8]) -> Parsed<UdpHeader> {
     }
 }
 
+/// Length of the header [`write_ip_header`] writes for `addr`: 10 for IPv4, 22 for IPv6.
+pub fn ip_header_len(addr: &SocketAddr) -> usize {
+    match addr {
+        SocketAddr::V4(_) => 10,
+        SocketAddr::V6(_) => 22,
+    }
+}
+
+/// The longest header [`write_ip_header`] writes.
+pub const MAX_IP_HEADER: usize = 22;
+
+/// Writes a header with FRAG 0 naming `addr` at the start of `out`, which must hold
+/// [`ip_header_len`] bytes, and returns its length. For the reply path, which receives a
+/// datagram after [`MAX_IP_HEADER`] bytes of room and writes the header just before it,
+/// without allocating.
+pub fn write_ip_header(addr: &SocketAddr, out: &mut [u8]) -> usize {
+    out[..3].fill(0);
+    let n = match addr {
+        SocketAddr::V4(a) => {
+            out[3] = 1;
+            out[4..8].copy_from_slice(&a.ip().octets());
+            8
+        }
+        SocketAddr::V6(a) => {
+            out[3] = 4;
+            out[4..20].copy_from_slice(&a.ip().octets());
+            20
+        }
+    };
+    out[n..n + 2].copy_from_slice(&addr.port().to_be_bytes());
+    n + 2
+}
+
 /// Appends a header with FRAG 0 naming `addr`.
 pub fn encode_header(addr: &TargetAddr, out: &mut Vec<u8>) {
     out.extend_from_slice(&[0, 0, 0]);
@@ -56,6 +91,19 @@ mod tests {
             assert_eq!(h.addr, a);
             assert_eq!(&out[n..], b"payload");
             assert_eq!(parse_header(&out[..n - 1]), Ok(None));
+        }
+    }
+
+    #[test]
+    fn ip_header_in_place_matches_encoder() {
+        for a in ["192.0.2.1:5353", "[2001:db8::7]:443"] {
+            let a: SocketAddr = a.parse().unwrap();
+            let mut expect = Vec::new();
+            encode_header(&TargetAddr::Ip(a), &mut expect);
+            let mut buf = [0xffu8; MAX_IP_HEADER];
+            let n = write_ip_header(&a, &mut buf);
+            assert_eq!(n, ip_header_len(&a));
+            assert_eq!(&buf[..n], &expect[..]);
         }
     }
 

@@ -16,6 +16,8 @@ pub struct Pools {
     pub small: BufferPool,
     /// Pipes for the splice mode.
     pub pipes: PipePool,
+    /// Buffers for UDP datagrams ([`DATAGRAM_BUFFER`] bytes: any UDP datagram fits whole).
+    pub datagrams: BufferPool,
 }
 
 impl Pools {
@@ -26,9 +28,14 @@ impl Pools {
         let a = self.buffers.trim_if_unused();
         let b = self.small.trim_if_unused();
         let c = self.pipes.trim_if_unused();
-        a || b || c
+        let d = self.datagrams.trim_if_unused();
+        a || b || c || d
     }
 }
+
+/// Size of the datagram buffers: the largest UDP payload (65 535 bytes less the UDP header
+/// for IPv6, 65 507 for IPv4) plus room for the longest SOCKS UDP header in front.
+pub const DATAGRAM_BUFFER: usize = 65536 + 512;
 
 /// Size of the small buffers.
 pub const SMALL_BUFFER: usize = 4096;
@@ -234,12 +241,15 @@ mod tests {
             buffers: BufferPool::new(64, 8),
             small: BufferPool::new(16, 8),
             pipes: PipePool::new(4096, 8),
+            datagrams: BufferPool::new(128, 8),
         };
         pools.buffers.give(pools.buffers.take());
+        pools.datagrams.give(pools.datagrams.take());
         pools.pipes.give(pools.pipes.take().unwrap());
         assert!(!pools.trim_if_unused()); // used since the last tick: kept
         assert_eq!((pools.buffers.idle(), pools.pipes.open()), (1, 1));
         assert!(pools.trim_if_unused()); // idle for a whole tick: released
         assert_eq!((pools.buffers.idle(), pools.pipes.open()), (0, 0));
+        assert_eq!(pools.datagrams.idle(), 0);
     }
 }

@@ -15,7 +15,7 @@ use tracing::{error, info, warn};
 
 use super::connect::ConnectOptions;
 use super::net::{shutdown_fd, Net};
-use super::pool::{BufferPool, PipePool, Pools, SMALL_BUFFER};
+use super::pool::{BufferPool, PipePool, Pools, DATAGRAM_BUFFER, SMALL_BUFFER};
 use super::relay::Mode;
 use super::resolve::Resolver;
 use super::session;
@@ -114,6 +114,7 @@ pub async fn run<N: Net>(
             buffers: BufferPool::new(config.buffer_size, POOL_KEEP),
             small: BufferPool::new(SMALL_BUFFER.min(config.buffer_size), POOL_KEEP * 4),
             pipes: PipePool::new(config.pipe_size, POOL_KEEP),
+            datagrams: BufferPool::new(DATAGRAM_BUFFER, POOL_KEEP),
         },
         relay: relay_mode(config.relay),
         tunnels: Tunnels::default(),

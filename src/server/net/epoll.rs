@@ -10,7 +10,7 @@ use socket2::{SockAddr, Socket};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
-use super::{shutdown_fd, splice_now, Net, Readable, Stream};
+use super::{recv_from_now, send_to_now, shutdown_fd, splice_now, Datagram, Net, Readable, Stream};
 use crate::server::pool::Pipe;
 
 /// epoll runtime marker.
@@ -60,6 +60,21 @@ impl Stream for EpollStream {
 
     async fn writable(&self) -> io::Result<()> {
         self.0.writable().await
+    }
+
+    async fn closed(&self) {
+        loop {
+            match self.0.ready(Interest::READABLE).await {
+                Ok(r) if !r.is_read_closed() && !r.is_error() => {
+                    // Data, not a hang-up: forget this readiness without reading, so that the
+                    // next wait is for a new event (edge-triggered: more data or the close).
+                    let _ = self.0.try_io(Interest::READABLE, || {
+                        Err::<(), _>(io::ErrorKind::WouldBlock.into())
+                    });
+                }
+                _ => return,
+            }
+        }
     }
 
     // The direct syscalls go through tokio's `try_io`, so that a `WouldBlock` clears tokio's
@@ -142,6 +157,41 @@ impl Net for Epoll {
 
     fn stream(sock: Socket) -> io::Result<Self::Stream> {
         tokio::net::TcpStream::from_std(sock.into()).map(EpollStream)
+    }
+
+    type Datagram = EpollDatagram;
+
+    fn datagram(sock: Socket) -> io::Result<Self::Datagram> {
+        tokio::net::UdpSocket::from_std(sock.into()).map(EpollDatagram)
+    }
+}
+
+/// A UDP socket driven by readiness. Its syscalls go through tokio's `try_io` so that a
+/// `WouldBlock` clears the cached readiness.
+pub struct EpollDatagram(tokio::net::UdpSocket);
+
+impl Datagram for EpollDatagram {
+    async fn readable(&self) -> io::Result<()> {
+        self.0.readable().await
+    }
+
+    async fn writable(&self) -> io::Result<()> {
+        self.0.writable().await
+    }
+
+    fn raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+
+    fn try_recv_from(&self, buf: &mut Vec<u8>) -> io::Result<(usize, SocketAddr)> {
+        let fd = self.0.as_raw_fd();
+        self.0.try_io(Interest::READABLE, || recv_from_now(fd, buf))
+    }
+
+    fn try_send_to(&self, data: &[u8], to: SocketAddr) -> io::Result<usize> {
+        let fd = self.0.as_raw_fd();
+        self.0
+            .try_io(Interest::WRITABLE, || send_to_now(fd, data, to))
     }
 }
 

@@ -58,6 +58,10 @@ pub trait Stream: 'static {
     /// Waits until a write would not block (room in the send buffer, or an error).
     async fn writable(&self) -> io::Result<()>;
 
+    /// Waits until the peer closes its side or the connection fails, leaving any data that
+    /// arrives meanwhile unread (a BIND watches its control connection this way).
+    async fn closed(&self);
+
     /// Puts the socket in non-blocking mode for the relay, which moves bytes with direct
     /// syscalls on the worker thread ([`Stream::try_read`], [`Stream::try_write`],
     /// [`Stream::try_splice_in`], [`Stream::try_splice_out`]) and waits with
@@ -146,6 +150,32 @@ pub struct Readable {
     pub hangup: bool,
 }
 
+/// A UDP socket on one worker, in non-blocking mode: datagrams move with direct syscalls on
+/// the worker thread, and the runtime only waits for readiness.
+#[allow(async_fn_in_trait)]
+pub trait Datagram: 'static {
+    /// Waits until a datagram can be read (or the socket was shut down).
+    async fn readable(&self) -> io::Result<()>;
+
+    /// Waits until a datagram can be sent.
+    async fn writable(&self) -> io::Result<()>;
+
+    /// The file descriptor.
+    fn raw_fd(&self) -> RawFd;
+
+    /// Receives one datagram into the spare capacity of `buf` with one non-blocking
+    /// `recvmsg(2)`; returns the datagram's full length (more than the spare capacity when it
+    /// did not fit: the rest was cut off) and its source. `WouldBlock` when none is waiting.
+    fn try_recv_from(&self, buf: &mut Vec<u8>) -> io::Result<(usize, SocketAddr)> {
+        recv_from_now(self.raw_fd(), buf)
+    }
+
+    /// Sends one datagram with one non-blocking `sendto(2)`.
+    fn try_send_to(&self, data: &[u8], to: SocketAddr) -> io::Result<usize> {
+        send_to_now(self.raw_fd(), data, to)
+    }
+}
+
 /// A runtime: how to accept, connect and wrap sockets.
 #[allow(async_fn_in_trait)]
 pub trait Net: 'static {
@@ -172,6 +202,42 @@ pub trait Net: 'static {
 
     /// Wraps a connected socket.
     fn stream(sock: Socket) -> io::Result<Self::Stream>;
+
+    /// UDP socket type.
+    type Datagram: Datagram;
+
+    /// Wraps a bound, non-blocking UDP socket.
+    fn datagram(sock: Socket) -> io::Result<Self::Datagram>;
+}
+
+/// `recvmsg(MSG_DONTWAIT | MSG_TRUNC)` into the spare capacity of `buf`: the full length of
+/// the datagram (which may exceed what was stored) and its source.
+pub(crate) fn recv_from_now(fd: RawFd, buf: &mut Vec<u8>) -> io::Result<(usize, SocketAddr)> {
+    let len = buf.len();
+    // Safety: the descriptor belongs to a live socket for the duration of this borrow.
+    let bfd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let (n, from) = socket2::SockRef::from(&bfd).recv_from_with_flags(
+        buf.spare_capacity_mut(),
+        libc::MSG_DONTWAIT | libc::MSG_TRUNC,
+    )?;
+    let stored = n.min(buf.capacity() - len);
+    // Safety: recvmsg initialised `stored` bytes of the spare capacity.
+    unsafe { buf.set_len(len + stored) };
+    let from = from
+        .as_socket()
+        .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))?;
+    Ok((n, from))
+}
+
+/// `sendto(MSG_DONTWAIT | MSG_NOSIGNAL)`.
+pub(crate) fn send_to_now(fd: RawFd, data: &[u8], to: SocketAddr) -> io::Result<usize> {
+    // Safety: the descriptor belongs to a live socket for the duration of this borrow.
+    let bfd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    socket2::SockRef::from(&bfd).send_to_with_flags(
+        data,
+        &SockAddr::from(to),
+        libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+    )
 }
 
 /// `shutdown(2)` on a raw descriptor, ignoring errors.

@@ -27,7 +27,7 @@ use socket2::{SockAddr, Socket};
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::{OneshotOutputTransform, UnsubmittedOneshot};
 
-use super::{Net, Readable, Stream};
+use super::{Datagram, Net, Readable, Stream};
 
 /// io_uring runtime marker.
 pub struct Uring;
@@ -66,6 +66,12 @@ impl Stream for UringStream {
             .map(drop)
     }
 
+    async fn closed(&self) {
+        let _ = self
+            .poll(libc::POLLRDHUP | libc::POLLERR | libc::POLLHUP)
+            .await;
+    }
+
     async fn read_now(&self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
         // A non-blocking recv(2) answers at once either way; as an io_uring operation it would
         // cost a trip through the runtime before the answer is seen.
@@ -83,10 +89,38 @@ impl Stream for UringStream {
 }
 
 impl UringStream {
-    /// One IORING_OP_POLL_ADD: waits for any of `events`, returns the events seen.
     async fn poll(&self, events: libc::c_short) -> io::Result<u32> {
-        let entry = opcode::PollAdd::new(types::Fd(self.0.as_raw_fd()), events as u32).build();
-        submit(self.0.clone(), entry).await.0
+        poll(self.0.clone(), self.0.as_raw_fd(), events).await
+    }
+}
+
+/// One IORING_OP_POLL_ADD on `fd`, which `hold` keeps open until the kernel is done: waits for
+/// any of `events`, returns the events seen.
+async fn poll<D: Unpin + 'static>(hold: D, fd: RawFd, events: libc::c_short) -> io::Result<u32> {
+    let entry = opcode::PollAdd::new(types::Fd(fd), events as u32).build();
+    submit(hold, entry).await.0
+}
+
+/// A UDP socket polled through io_uring.
+pub struct UringDatagram(Rc<Socket>);
+
+impl Datagram for UringDatagram {
+    async fn readable(&self) -> io::Result<()> {
+        let events = libc::POLLIN | libc::POLLERR | libc::POLLHUP;
+        poll(self.0.clone(), self.0.as_raw_fd(), events)
+            .await
+            .map(drop)
+    }
+
+    async fn writable(&self) -> io::Result<()> {
+        let events = libc::POLLOUT | libc::POLLERR | libc::POLLHUP;
+        poll(self.0.clone(), self.0.as_raw_fd(), events)
+            .await
+            .map(drop)
+    }
+
+    fn raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
     }
 }
 
@@ -117,6 +151,12 @@ impl Net for Uring {
         // Created in blocking mode by the connector (NONBLOCKING is false).
         let s = tokio_uring::net::TcpStream::from_std(sock.into());
         Ok(UringStream(Rc::new(s)))
+    }
+
+    type Datagram = UringDatagram;
+
+    fn datagram(sock: Socket) -> io::Result<Self::Datagram> {
+        Ok(UringDatagram(Rc::new(sock)))
     }
 }
 
