@@ -103,6 +103,58 @@ pub struct ServeArgs {
     /// Happy Eyeballs connection attempt delay (RFC 8305) [default: 250ms]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub happy_eyeballs_delay: Option<Duration>,
+    /// Address to put in UDP ASSOCIATE replies instead of the UDP relay socket's own (for a
+    /// proxy behind NAT): `IP` for every listener, or `LISTEN=IP` (e.g. `0.0.0.0:1080=203.0.113.7`)
+    /// for one listener (repeatable)
+    #[arg(long, value_name = "[LISTEN=]IP", value_parser = parse_advertise)]
+    pub udp_advertise: Vec<UdpAdvertise>,
+    /// Time a BIND waits for its inbound connection [default: 60s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub bind_timeout: Option<Duration>,
+}
+
+/// One `--udp-advertise` entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UdpAdvertise {
+    /// The listener it applies to; `None` for every listener.
+    pub listener: Option<SocketAddr>,
+    /// The address clients are told to send their datagrams to.
+    pub ip: IpAddr,
+}
+
+impl UdpAdvertise {
+    /// Whether this entry applies to a connection accepted at `local` (the control
+    /// connection's local address).
+    fn matches(&self, local: SocketAddr) -> bool {
+        match self.listener {
+            None => true,
+            Some(l) => {
+                l.port() == local.port()
+                    && (l.ip().is_unspecified()
+                        || l.ip().to_canonical() == local.ip().to_canonical())
+            }
+        }
+    }
+}
+
+/// Parses `IP` or `LISTEN=IP`.
+pub fn parse_advertise(s: &str) -> Result<UdpAdvertise, String> {
+    let (listener, ip) = match s.split_once('=') {
+        Some((l, ip)) => (
+            Some(
+                l.trim()
+                    .parse::<SocketAddr>()
+                    .map_err(|e| format!("listener {l:?}: {e}"))?,
+            ),
+            ip,
+        ),
+        None => (None, s),
+    };
+    let ip = ip
+        .trim()
+        .parse::<IpAddr>()
+        .map_err(|e| format!("address {ip:?}: {e}"))?;
+    Ok(UdpAdvertise { listener, ip })
 }
 
 /// The TOML file. Keys match the long flags with `_` for `-`.
@@ -128,6 +180,9 @@ pub struct FileConfig {
     buffer_size: Option<usize>,
     pipe_size: Option<usize>,
     happy_eyeballs_delay: Option<DurationValue>,
+    /// `udp_advertise = ["203.0.113.7"]` or `["0.0.0.0:1080=203.0.113.7"]`
+    udp_advertise: Option<Vec<String>>,
+    bind_timeout: Option<DurationValue>,
 }
 
 /// A duration in the file: a number of seconds or a string with a unit.
@@ -188,6 +243,24 @@ pub struct Config {
     pub pipe_size: usize,
     /// RFC 8305 connection attempt delay.
     pub happy_eyeballs_delay: Duration,
+    /// UDP ASSOCIATE reply addresses (most specific listener match first).
+    pub udp_advertise: Vec<UdpAdvertise>,
+    /// How long a BIND waits for its inbound connection.
+    pub bind_timeout: Duration,
+}
+
+impl Config {
+    /// The address to advertise in a UDP ASSOCIATE reply for a control connection accepted at
+    /// `local`, if one is configured: a per-listener entry wins over a global one.
+    pub fn udp_advertise_for(&self, local: SocketAddr) -> Option<IpAddr> {
+        let per_listener = self
+            .udp_advertise
+            .iter()
+            .find(|a| a.listener.is_some() && a.matches(local));
+        per_listener
+            .or_else(|| self.udp_advertise.iter().find(|a| a.listener.is_none()))
+            .map(|a| a.ip)
+    }
 }
 
 /// Why settings were rejected.
@@ -300,6 +373,23 @@ impl Config {
                 return Err(ConfigError::Invalid(format!("{name} must be positive")));
             }
         }
+        let mut udp_advertise = args.udp_advertise.clone();
+        if udp_advertise.is_empty() {
+            for a in file.udp_advertise.iter().flatten() {
+                udp_advertise.push(
+                    parse_advertise(a)
+                        .map_err(|e| ConfigError::Invalid(format!("udp_advertise {a:?}: {e}")))?,
+                );
+            }
+        }
+        let bind_timeout = dur(
+            args.bind_timeout,
+            file.bind_timeout,
+            Duration::from_secs(60),
+        );
+        if bind_timeout.is_zero() {
+            return Err(ConfigError::Invalid("bind_timeout must be positive".into()));
+        }
         let idle = dur(
             args.idle_timeout,
             file.idle_timeout,
@@ -336,6 +426,8 @@ impl Config {
                 file.happy_eyeballs_delay,
                 Duration::from_millis(250),
             ),
+            udp_advertise,
+            bind_timeout,
         };
         config.check_open_proxy()?;
         Ok(config)
@@ -420,6 +512,25 @@ mod tests {
         assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
         assert!(parse_duration("ten").is_err());
         assert!(parse_duration("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn udp_advertise_per_listener_wins() {
+        let file =
+            FileConfig::parse(r#"udp_advertise = ["198.51.100.1", "0.0.0.0:1080=203.0.113.7"]"#)
+                .unwrap();
+        let c = Config::resolve(&ServeArgs::default(), file).unwrap();
+        let at = |s: &str| c.udp_advertise_for(s.parse().unwrap());
+        assert_eq!(at("10.0.0.5:1080"), Some("203.0.113.7".parse().unwrap()));
+        assert_eq!(at("10.0.0.5:1081"), Some("198.51.100.1".parse().unwrap()));
+        assert!(parse_advertise("1080=1.2.3.4").is_err());
+        assert!(parse_advertise("nat.example").is_err());
+        let none = Config::resolve(&ServeArgs::default(), FileConfig::default()).unwrap();
+        assert_eq!(
+            none.udp_advertise_for("127.0.0.1:1080".parse().unwrap()),
+            None
+        );
+        assert_eq!(none.bind_timeout, Duration::from_secs(60));
     }
 
     #[test]

@@ -11,36 +11,6 @@ use ringsocks::proto::{ReplyCode, TargetAddr};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
-
-/// Waits up to 10 s for the proxy's open descriptors to come back to `baseline`; on failure,
-/// prints what is still open.
-async fn fds_return_to(pid: u32, baseline: usize) -> usize {
-    let mut now = fd_count(pid);
-    for _ in 0..200 {
-        if now <= baseline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        now = fd_count(pid);
-    }
-    if now > baseline {
-        let links: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .map(|d| {
-                d.filter_map(|e| e.ok())
-                    .filter_map(|e| std::fs::read_link(e.path()).ok())
-                    .collect()
-            })
-            .unwrap_or_default();
-        eprintln!("open descriptors of {pid}: {links:?}");
-    }
-    now
-}
-
 #[tokio::test]
 async fn reqwest_through_socks5h() {
     let proxy = Proxy::start(&[]);

@@ -39,26 +39,6 @@ every_mode!(
 
 const GIB: u64 = 1 << 30;
 
-fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
-
-/// Waits (up to 10 s) for the proxy's descriptors to return to `baseline`; pooled pipes and
-/// buffers are released after a second without use.
-async fn assert_fds_back(proxy: &Proxy, baseline: usize) {
-    let mut now = fd_count(proxy.pid());
-    for _ in 0..200 {
-        if now <= baseline {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        now = fd_count(proxy.pid());
-    }
-    panic!("proxy descriptors: {baseline} before, {now} after");
-}
-
 /// Streams `total` bytes of a position-dependent pattern, returning their hash.
 async fn send_pattern<W: AsyncWriteExt + Unpin>(w: &mut W, total: u64, seed: u8) -> [u8; 32] {
     let mut h = Sha256::new();
@@ -133,7 +113,7 @@ async fn one_gib_each_way(args: &[&str]) {
     );
     assert!(proxy.wait_logged(&format!("up={GIB} down={GIB}")).await);
     drop(r);
-    assert_fds_back(&proxy, baseline).await;
+    assert_fds_back(proxy.pid(), baseline).await;
 }
 
 async fn half_close_each_way(args: &[&str]) {
@@ -232,7 +212,7 @@ async fn target_reset_mid_stream(args: &[&str]) {
     assert!(t0.elapsed() < Duration::from_secs(5));
     drop(s);
     assert!(proxy.wait_logged("error_side=\"target\"").await);
-    assert_fds_back(&proxy, baseline).await;
+    assert_fds_back(proxy.pid(), baseline).await;
 }
 
 async fn client_vanishes_mid_stream(args: &[&str]) {
@@ -271,6 +251,6 @@ async fn client_vanishes_mid_stream(args: &[&str]) {
         took.is_some(),
         "the target was never told the client went away"
     );
-    assert_fds_back(&proxy, baseline).await;
+    assert_fds_back(proxy.pid(), baseline).await;
     let _ = TcpStream::connect(proxy.addr).await.unwrap(); // still serving
 }

@@ -1,6 +1,7 @@
 //! The thread-per-core server: start-up (limits, runtime choice, listeners), one pinned
 //! worker per core, and graceful shutdown on SIGINT/SIGTERM.
 
+pub mod bind;
 pub mod connect;
 pub mod listener;
 pub mod net;
@@ -9,6 +10,7 @@ pub mod relay;
 pub mod resolve;
 pub mod session;
 pub mod tunnels;
+pub mod udp;
 pub mod worker;
 
 use std::io;

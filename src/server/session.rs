@@ -8,9 +8,11 @@ use std::time::Instant;
 
 use tracing::{debug, info, warn};
 
+use super::bind;
 use super::connect::happy_eyeballs;
 use super::net::{send_all, Net, Stream};
 use super::relay::{relay, Side};
+use super::udp::{Association, UdpStats};
 use super::worker::WorkerCtx;
 use crate::proto::{Command, Event, Handshake, ProtoError, ReplyCode, Request, TargetAddr};
 
@@ -79,10 +81,10 @@ pub async fn run<N: Net>(ctx: Rc<WorkerCtx>, client: N::Stream, peer: SocketAddr
         started,
     };
 
-    if request.command != Command::Connect {
-        // BIND and UDP ASSOCIATE are not served yet.
-        let code = ReplyCode::CommandNotSupported;
-        return refuse(&client, &hs, out, &log, code, "command not supported").await;
+    match request.command {
+        Command::Connect => {}
+        Command::UdpAssociate => return associate::<N>(&ctx, &client, peer, &hs, out, &log).await,
+        Command::Bind => return bind::<N>(&ctx, client, &hs, out, &log, buf, consumed).await,
     }
 
     let connect_timeout = ctx.config.connect_timeout;
@@ -116,15 +118,103 @@ pub async fn run<N: Net>(ctx: Rc<WorkerCtx>, client: N::Stream, peer: SocketAddr
 
     // Bytes the client pipelined after its request go to the target first.
     buf.drain(..consumed);
-    // The relay leaves both sockets shut down (FIN sent each way, or both shut on an error or
-    // by the idle sweep); dropping them closes them, after the registration is gone.
+    run_relay(&ctx, &client, &target, buf, &log, target_addr).await;
+}
+
+/// Relays an established tunnel and logs it. The relay leaves both sockets shut down (FIN
+/// sent each way, or both aborted on an error or shut by the idle sweep); dropping them closes
+/// them, after the registration is gone.
+async fn run_relay<S: Stream>(
+    ctx: &WorkerCtx,
+    client: &S,
+    target: &S,
+    pending: Vec<u8>,
+    log: &AccessLog<'_>,
+    via: SocketAddr,
+) {
     let registration = ctx.tunnels.register(client.raw_fd(), target.raw_fd());
     let touch = || registration.touch();
-    let stats = relay(&client, &target, buf, &ctx.pools, ctx.relay, &touch).await;
+    let stats = relay(client, target, pending, &ctx.pools, ctx.relay, &touch).await;
     let idle_fired = registration.idle_fired();
     drop(registration);
     let err = stats.error.as_ref().map(|(s, e)| (*s, e));
-    log.relayed(target_addr, stats.up, stats.down, err, idle_fired);
+    log.relayed(via, stats.up, stats.down, err, idle_fired);
+}
+
+/// UDP ASSOCIATE: open the association, reply with its address, relay datagrams until the
+/// control connection closes.
+async fn associate<N: Net>(
+    ctx: &WorkerCtx,
+    client: &N::Stream,
+    peer: SocketAddr,
+    hs: &Handshake,
+    mut out: Vec<u8>,
+    log: &AccessLog<'_>,
+) {
+    let assoc = match Association::<N>::open(ctx, client, peer, &log.request.target) {
+        Ok(a) => a,
+        Err(e) => {
+            warn!(client = %peer, "udp associate: cannot open the relay sockets: {e}");
+            let code = ReplyCode::GeneralFailure;
+            return refuse(client, hs, out, log, code, &e.to_string()).await;
+        }
+    };
+    hs.reply(ReplyCode::Succeeded, Some(assoc.advertised()), &mut out);
+    let (r, _) = send_all(client, out).await;
+    if r.is_err() {
+        client.shutdown(Shutdown::Both);
+        return;
+    }
+    let relay_at = assoc.advertised();
+    let stats = assoc.run(ctx, client).await;
+    client.shutdown(Shutdown::Both);
+    log.associated(relay_at, &stats);
+}
+
+/// BIND: listen, first reply with the listening address, accept the expected peer, second
+/// reply with its address, then relay as for CONNECT.
+async fn bind<N: Net>(
+    ctx: &WorkerCtx,
+    client: N::Stream,
+    hs: &Handshake,
+    mut out: Vec<u8>,
+    log: &AccessLog<'_>,
+    mut buf: Vec<u8>,
+    consumed: usize,
+) {
+    let control_local = match client.local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            let code = ReplyCode::GeneralFailure;
+            return refuse(&client, hs, out, log, code, &e.to_string()).await;
+        }
+    };
+    let pending = match bind::listen::<N>(ctx, control_local, &log.request.target).await {
+        Ok(p) => p,
+        Err(e) => return refuse(&client, hs, out, log, e.reply(), &e.to_string()).await,
+    };
+    hs.reply(ReplyCode::Succeeded, Some(pending.addr), &mut out);
+    let (r, o) = send_all(&client, out).await;
+    if r.is_err() {
+        client.shutdown(Shutdown::Both);
+        return;
+    }
+    let mut out = o;
+    out.clear();
+    let (inbound, from) = match pending.accept(&client, ctx.config.bind_timeout).await {
+        Ok(c) => c,
+        Err(e) => return refuse(&client, hs, out, log, e.reply(), &e.to_string()).await,
+    };
+    hs.reply(ReplyCode::Succeeded, Some(from), &mut out);
+    let (r, _) = send_all(&client, out).await;
+    if let Err(e) = r {
+        inbound.abort();
+        client.shutdown(Shutdown::Both);
+        log.relayed(from, 0, 0, Some((Side::Client, &e)), false);
+        return;
+    }
+    buf.drain(..consumed);
+    run_relay(ctx, &client, &inbound, buf, log, from).await;
 }
 
 /// Answers a request with a failure reply, closes the client and logs the refusal.
@@ -275,6 +365,35 @@ impl AccessLog<'_> {
             reply = code.as_str(),
             ms = self.started.elapsed().as_millis() as u64,
             "refused: {why}"
+        );
+    }
+
+    fn associated(&self, relay_at: SocketAddr, s: &UdpStats) {
+        let how = if s.idle_timeout {
+            "closed: idle timeout"
+        } else {
+            "closed"
+        };
+        info!(
+            target: "access",
+            client = %self.peer,
+            user = self.user.unwrap_or("-"),
+            cmd = self.request.command.as_str(),
+            dst = %self.request.target,
+            addr = %relay_at,
+            reply = ReplyCode::Succeeded.as_str(),
+            up = s.up.1,
+            down = s.down.1,
+            dgrams_up = s.up.0,
+            dgrams_down = s.down.0,
+            dropped = s.dropped(),
+            dropped_stranger = s.stranger,
+            dropped_fragment = s.fragment,
+            dropped_malformed = s.malformed,
+            dropped_oversize = s.oversize,
+            dropped_unreachable = s.unreachable,
+            ms = self.started.elapsed().as_millis() as u64,
+            "{how}"
         );
     }
 

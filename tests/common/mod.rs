@@ -135,6 +135,61 @@ pub async fn echo_server(bind: &str) -> SocketAddr {
     addr
 }
 
+/// The number of open descriptors of a process.
+pub fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Waits up to 10 s for a process's open descriptors to come back to `baseline`; returns the
+/// count at the end, and on failure prints what is still open.
+pub async fn fds_return_to(pid: u32, baseline: usize) -> usize {
+    let mut now = fd_count(pid);
+    for _ in 0..200 {
+        if now <= baseline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        now = fd_count(pid);
+    }
+    if now > baseline {
+        let links: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter_map(|e| std::fs::read_link(e.path()).ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        eprintln!("open descriptors of {pid}: {links:?}");
+    }
+    now
+}
+
+/// Fails unless a process's descriptors come back to `baseline` within 10 s.
+pub async fn assert_fds_back(pid: u32, baseline: usize) {
+    let now = fds_return_to(pid, baseline).await;
+    assert!(
+        now <= baseline,
+        "proxy descriptors: {baseline} before, {now} after"
+    );
+}
+
+/// A UDP echo server on `bind`: every datagram goes back to its sender.
+pub async fn udp_echo(bind: &str) -> SocketAddr {
+    let s = tokio::net::UdpSocket::bind(bind)
+        .await
+        .expect("bind udp echo");
+    let addr = s.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        while let Ok((n, from)) = s.recv_from(&mut buf).await {
+            let _ = s.send_to(&buf[..n], from).await;
+        }
+    });
+    addr
+}
+
 /// A port on loopback with nothing listening.
 pub fn closed_port() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -145,6 +200,17 @@ pub fn closed_port() -> SocketAddr {
 /// after a success reply, or the reply code.
 pub async fn socks5_connect(
     proxy: SocketAddr,
+    target: &TargetAddr,
+    creds: Option<(&str, &str)>,
+) -> Result<(TcpStream, TargetAddr), ReplyCode> {
+    socks5_request(proxy, Cmd::Connect, target, creds).await
+}
+
+/// Our own SOCKS5 client for any command: greeting, optional RFC 1929 auth, request, first
+/// reply. Returns the stream and BND after a success reply, or the reply code.
+pub async fn socks5_request(
+    proxy: SocketAddr,
+    cmd: Cmd,
     target: &TargetAddr,
     creds: Option<(&str, &str)>,
 ) -> Result<(TcpStream, TargetAddr), ReplyCode> {
@@ -170,7 +236,7 @@ pub async fn socks5_connect(
         }
     }
     out.clear();
-    socks5::encode_request(Cmd::Connect, target, &mut out);
+    socks5::encode_request(cmd, target, &mut out);
     s.write_all(&out).await.unwrap();
     let reply = read_socks5_reply(&mut s).await;
     match reply.code {
