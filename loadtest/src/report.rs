@@ -36,7 +36,10 @@ pub struct HoldResult {
     pub ramp_s: f64,
     pub proxy_before: Option<ProcSample>,
     pub proxy_full: Option<ProcSample>,
+    /// One second after the tunnels closed.
     pub proxy_after: Option<ProcSample>,
+    /// Three seconds after: a proxy that hands memory back on a timer has had its tick.
+    pub proxy_settled: Option<ProcSample>,
     /// RSS summed over the proxy's processes counts shared pages once per process; PSS
     /// (proportional set size) splits them, so it is the fairer figure for multi-process proxies.
     pub rss_kib_per_tunnel: Option<f64>,
@@ -396,7 +399,8 @@ pub fn render_run(r: &RunResult) -> String {
                 if h.proxy_before.is_some() {
                     let _ = writeln!(o, "   proxy before: {}", s(&h.proxy_before));
                     let _ = writeln!(o, "   proxy full:   {}", s(&h.proxy_full));
-                    let _ = writeln!(o, "   proxy after:  {}", s(&h.proxy_after));
+                    let _ = writeln!(o, "   proxy after:  {} (1 s)", s(&h.proxy_after));
+                    let _ = writeln!(o, "   proxy after:  {} (3 s)", s(&h.proxy_settled));
                     let _ = writeln!(
                         o,
                         "   per tunnel: {} KiB RSS, {} KiB PSS, {} fds",

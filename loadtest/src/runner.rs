@@ -345,11 +345,13 @@ fn run_one(
         let s = w.join().map_err(|_| LoadError::WorkerPanicked)?;
         stats.merge(&s);
     }
-    let proxy_after = if is_hold {
+    let (proxy_after, proxy_settled) = if is_hold {
         std::thread::sleep(Duration::from_secs(1));
-        entry.pid.and_then(sample_tree)
+        let after = entry.pid.and_then(sample_tree);
+        std::thread::sleep(Duration::from_secs(2));
+        (after, entry.pid.and_then(sample_tree))
     } else {
-        None
+        (None, None)
     };
     let measured = w1
         .cpu_at()
@@ -398,6 +400,7 @@ fn run_one(
             proxy_before: proxy_before.clone(),
             proxy_full: full,
             proxy_after,
+            proxy_settled,
         }
     });
     let udp = (scenario == Scenario::Udp).then(|| UdpResult {

@@ -248,3 +248,15 @@ async fn accept_loop<N: Net>(ctx: Rc<WorkerCtx>, listener: N::Listener, stopping
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_relay_is_splice() {
+        assert_eq!(relay_mode(RelayChoice::Auto), Mode::Splice);
+        assert_eq!(relay_mode(RelayChoice::Copy), Mode::Copy);
+        assert_eq!(relay_mode(RelayChoice::Adaptive), Mode::Adaptive);
+    }
+}

@@ -232,9 +232,9 @@ pub fn unavailable_reason() -> Option<String> {
     None
 }
 
-/// Runs `fut` on a new tokio-uring runtime on this thread. The completion queue is sized well
-/// above the submission queue: every tunnel keeps up to four operations in flight, and a full
-/// CQ would have the kernel buffer completions (IORING_FEAT_NODROP) at a cost.
+/// Runs `fut` on a new tokio-uring runtime on this thread, with `sq_entries` submission and
+/// `cq_entries` completion queue entries (see `CQ_ENTRIES` in [`crate::server`] for the
+/// sizing).
 pub fn block_on<F: std::future::Future>(
     sq_entries: u32,
     cq_entries: u32,
