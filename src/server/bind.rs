@@ -14,7 +14,7 @@ use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
-use tracing::info;
+use tracing::{debug, info};
 
 use super::net::{shutdown_fd, Net, Stream};
 use super::worker::WorkerCtx;
@@ -66,21 +66,26 @@ pub async fn listen<N: Net>(
     ctx: &WorkerCtx,
     control_local: SocketAddr,
     target: &TargetAddr,
+    ipv4_only: bool,
 ) -> Result<Pending<N>, BindError> {
     let expected: Option<Vec<IpAddr>> = match target {
         TargetAddr::Ip(a) if a.ip().is_unspecified() => None,
         TargetAddr::Ip(a) => Some(vec![a.ip().to_canonical()]),
-        TargetAddr::Domain(host, port) => Some(
-            ctx.resolver
-                .resolve(host, *port)
+        TargetAddr::Domain(host, port) => {
+            let lookup = ctx.resolver.resolve(host, *port);
+            let addrs = tokio::time::timeout(ctx.config.connect_timeout, lookup)
                 .await
-                .map_err(BindError::Resolve)?
-                .into_iter()
-                .map(|a| a.ip().to_canonical())
-                .collect(),
-        ),
+                .map_err(|_| BindError::Resolve(io::ErrorKind::TimedOut.into()))?
+                .map_err(BindError::Resolve)?;
+            Some(addrs.into_iter().map(|a| a.ip().to_canonical()).collect())
+        }
     };
-    let ip = outward_ip(ctx, control_local.ip().to_canonical(), expected.as_deref());
+    let mut ip = outward_ip(ctx, control_local.ip().to_canonical(), expected.as_deref());
+    if ipv4_only && ip.is_ipv6() {
+        // A SOCKS4 reply can only name an IPv4 address: listen on every IPv4 address and
+        // reply 0.0.0.0, which tells the client to use the proxy's own address.
+        ip = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
+    }
     let listener = open_listener(SocketAddr::new(ip, 0)).map_err(BindError::Listen)?;
     let addr = listener
         .local_addr()
@@ -104,12 +109,32 @@ impl<N: Net> Pending<N> {
     /// when this returns, whatever the outcome.
     pub async fn accept(
         self,
+        ctx: &WorkerCtx,
         control: &N::Stream,
         timeout: Duration,
     ) -> Result<(N::Stream, SocketAddr), BindError> {
+        // While waiting, the end-of-drain close (and the idle sweep) can end the BIND like
+        // a tunnel: shutting the listener down completes the accept.
+        let registration = ctx.tunnels.register(control.raw_fd(), self.fd);
         let wait = async {
             loop {
-                let (s, peer) = N::accept(&self.listener).await.map_err(BindError::Accept)?;
+                let (s, peer) = match N::accept(&self.listener).await {
+                    Ok(c) => c,
+                    // The connection died in the backlog: keep waiting for another.
+                    Err(e)
+                        if matches!(
+                            e.raw_os_error(),
+                            Some(libc::ECONNABORTED | libc::EPROTO | libc::EINTR | libc::EAGAIN)
+                        ) =>
+                    {
+                        info!("bind: accept: {e}; waiting on");
+                        continue;
+                    }
+                    Err(e) => {
+                        debug!("bind: accept failed: {e}");
+                        return Err(BindError::Accept(e));
+                    }
+                };
                 let ip = peer.ip().to_canonical();
                 match &self.expected {
                     Some(ips) if !ips.contains(&ip) => {
@@ -120,14 +145,22 @@ impl<N: Net> Pending<N> {
                 }
             }
         };
+        let mut wait = std::pin::pin!(wait);
         let r = tokio::select! {
-            r = wait => r,
+            r = &mut wait => r,
             _ = control.closed() => Err(BindError::ClientClosed),
             _ = tokio::time::sleep(timeout) => Err(BindError::Timeout(timeout)),
         };
-        // Completes an accept still in flight (io_uring operations outlive their futures),
-        // so the listening socket closes now.
+        // Close the listening socket now. An accept still in flight completes (io_uring
+        // operations outlive their futures): wait for it, so that a connection it took is
+        // reset rather than leaked.
         shutdown_fd(self.fd, Shutdown::Both);
+        if r.is_err() {
+            if let Ok((late, _)) = wait.await {
+                late.abort();
+            }
+        }
+        drop(registration);
         r
     }
 }

@@ -188,6 +188,9 @@ impl<S: Stream> Direction<'_, S> {
     async fn copy(&self, adaptive: bool) -> End {
         let mut large = false;
         loop {
+            // Bytes that keep coming never make a direct syscall block: yield now and then so
+            // that the worker's other tunnels and timers run.
+            tokio::task::consume_budget().await;
             let pool = if large {
                 &self.pools.buffers
             } else {
@@ -235,6 +238,7 @@ impl<S: Stream> Direction<'_, S> {
     async fn splice(&self, adaptive: bool) -> End {
         let pipes = &self.pools.pipes;
         loop {
+            tokio::task::consume_budget().await;
             let pipe = match pipes.take() {
                 Ok(p) => p,
                 Err(e) => {

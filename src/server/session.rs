@@ -189,7 +189,9 @@ async fn bind<N: Net>(
             return refuse(&client, hs, out, log, code, &e.to_string()).await;
         }
     };
-    let pending = match bind::listen::<N>(ctx, control_local, &log.request.target).await {
+    let socks4 = hs.version() == crate::proto::Version::V4;
+    let target = &log.request.target;
+    let pending = match bind::listen::<N>(ctx, control_local, target, socks4).await {
         Ok(p) => p,
         Err(e) => return refuse(&client, hs, out, log, e.reply(), &e.to_string()).await,
     };
@@ -201,7 +203,7 @@ async fn bind<N: Net>(
     }
     let mut out = o;
     out.clear();
-    let (inbound, from) = match pending.accept(&client, ctx.config.bind_timeout).await {
+    let (inbound, from) = match pending.accept(ctx, &client, ctx.config.bind_timeout).await {
         Ok(c) => c,
         Err(e) => return refuse(&client, hs, out, log, e.reply(), &e.to_string()).await,
     };

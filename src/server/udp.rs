@@ -5,8 +5,9 @@
 //! - the **client side**, bound to the local IP of the control connection (so the address in
 //!   the reply is one the client can reach, not 0.0.0.0; `--udp-advertise` overrides it for a
 //!   proxy behind NAT). Only the client's IP may send to it, and only from the port it named
-//!   in its request (or, when it named port 0, the port of its first datagram); anything else
-//!   is dropped and counted.
+//!   in its request (or, when it named port 0 or an address other than the one it connects
+//!   from, i.e. it is behind NAT, the port of its first datagram); anything else is dropped
+//!   and counted.
 //! - the **outside**, bound to the egress address (or the wildcard, dual-stack), which sends
 //!   the client's datagrams to their destinations and receives the replies, from any remote,
 //!   wrapped for the client with a header naming their source.
@@ -24,6 +25,7 @@
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr};
+use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -41,6 +43,7 @@ const SOCKET_BUFFER: usize = 1 << 20;
 /// Domain names resolved per association, and for how long.
 const NAME_CACHE: usize = 16;
 const NAME_TTL: Duration = Duration::from_secs(60);
+const NAME_FAIL_TTL: Duration = Duration::from_secs(5);
 
 /// What an association counted.
 #[derive(Debug, Default)]
@@ -81,9 +84,16 @@ pub struct Association<N: Net> {
     client_port: Cell<Option<u16>>,
     advertised: SocketAddr,
     ended: Cell<bool>,
+    /// The control connection's descriptor, shut down for reading when the association ends
+    /// for another reason, so that its watcher wakes too.
+    control_fd: Cell<Option<RawFd>>,
     stats: RefCell<UdpStats>,
-    names: RefCell<Vec<(String, u16, SocketAddr, Instant)>>,
+    /// Names resolved (or found not to resolve: `None`) recently.
+    names: RefCell<Vec<NameEntry>>,
 }
+
+/// A remembered lookup: name, port, answer (`None`: it did not resolve), when.
+type NameEntry = (String, u16, Option<SocketAddr>, Instant);
 
 /// Binds a non-blocking UDP socket.
 fn udp_socket(at: SocketAddr, dual_stack: bool) -> io::Result<Socket> {
@@ -132,9 +142,18 @@ impl<N: Net> Association<N> {
             },
         };
         let advertised_ip = ctx.config.udp_advertise_for(local).unwrap_or(local_ip);
+        // DST.PORT fixes the client's source port when the client names it together with an
+        // address we can check it against (unspecified, or the address we see). A client
+        // that names another address is behind NAT: its port will be translated too, so the
+        // first datagram fixes the port instead.
+        let client_ip = peer.ip().to_canonical();
         let client_port = match requested {
-            TargetAddr::Ip(a) if a.port() != 0 => Some(a.port()),
-            TargetAddr::Domain(_, p) if *p != 0 => Some(*p),
+            TargetAddr::Ip(a)
+                if a.port() != 0
+                    && (a.ip().is_unspecified() || a.ip().to_canonical() == client_ip) =>
+            {
+                Some(a.port())
+            }
             _ => None,
         };
         Ok(Association {
@@ -142,10 +161,11 @@ impl<N: Net> Association<N> {
             outside: N::datagram(outside)?,
             outside_v6,
             outside_dual,
-            client_ip: peer.ip().to_canonical(),
+            client_ip,
             client_port: Cell::new(client_port),
             advertised: SocketAddr::new(advertised_ip, port),
             ended: Cell::new(false),
+            control_fd: Cell::new(None),
             stats: RefCell::new(UdpStats::default()),
             names: RefCell::new(Vec::new()),
         })
@@ -159,9 +179,11 @@ impl<N: Net> Association<N> {
     /// Relays until the control connection closes, the idle sweep fires, or the worker
     /// closes everything at the end of a drain.
     pub async fn run(self, ctx: &WorkerCtx, control: &N::Stream) -> UdpStats {
-        let registration = ctx
-            .tunnels
-            .register(control.raw_fd(), self.client_side.raw_fd());
+        // The idle sweep and the end-of-drain close shut down the control connection only:
+        // its watcher then ends the association in order (flag first, then the UDP sockets),
+        // so no datagram loop ever polls a shut-down socket without knowing why.
+        let registration = ctx.tunnels.register(control.raw_fd(), control.raw_fd());
+        self.control_fd.set(Some(control.raw_fd()));
         let touch = || registration.touch();
         tokio::join!(
             self.watch_control(control),
@@ -179,6 +201,9 @@ impl<N: Net> Association<N> {
         if !self.ended.replace(true) {
             shutdown_fd(self.client_side.raw_fd(), Shutdown::Both);
             shutdown_fd(self.outside.raw_fd(), Shutdown::Both);
+            if let Some(fd) = self.control_fd.get() {
+                shutdown_fd(fd, Shutdown::Read);
+            }
         }
     }
 
@@ -209,6 +234,9 @@ impl<N: Net> Association<N> {
     async fn client_to_remotes(&self, ctx: &WorkerCtx, touch: &dyn Fn()) {
         let pool = &ctx.pools.datagrams;
         while !self.ended.get() {
+            // A flood of datagrams never blocks: yield now and then so that the worker's
+            // other tunnels and timers run.
+            tokio::task::consume_budget().await;
             let mut buf = pool.take();
             match self.client_side.try_recv_from(&mut buf) {
                 Ok((n, from)) => {
@@ -296,6 +324,7 @@ impl<N: Net> Association<N> {
     async fn remotes_to_client(&self, ctx: &WorkerCtx, touch: &dyn Fn()) {
         let pool = &ctx.pools.datagrams;
         while !self.ended.get() {
+            tokio::task::consume_budget().await;
             let mut buf = pool.take();
             // Room in front for the header, written just before the payload once the source
             // is known.
@@ -401,32 +430,42 @@ impl<N: Net> Association<N> {
         }
     }
 
-    /// Resolves a destination name through the worker's resolver, remembering the answer for
-    /// a minute so that a stream of datagrams to one name resolves it once.
+    /// Resolves a destination name through the worker's resolver (within the connect
+    /// timeout), remembering the answer, or its absence, for a while so that a stream of
+    /// datagrams to one name resolves it once.
     async fn resolve(&self, ctx: &WorkerCtx, host: String, port: u16) -> Option<SocketAddr> {
         let now = Instant::now();
         {
             let mut names = self.names.borrow_mut();
-            names.retain(|e| now.duration_since(e.3) < NAME_TTL);
+            names.retain(|e| {
+                let ttl = if e.2.is_some() {
+                    NAME_TTL
+                } else {
+                    NAME_FAIL_TTL
+                };
+                now.duration_since(e.3) < ttl
+            });
             if let Some(e) = names.iter().find(|e| e.1 == port && e.0 == host) {
-                return Some(e.2);
+                return e.2;
             }
         }
-        let addrs = match ctx.resolver.resolve(&host, port).await {
-            Ok(a) => a,
-            Err(e) => {
+        let lookup = ctx.resolver.resolve(&host, port);
+        let addr = match tokio::time::timeout(ctx.config.connect_timeout, lookup).await {
+            Ok(Ok(addrs)) => addrs.into_iter().find(|a| self.outside_addr(*a).is_some()),
+            Ok(Err(e)) => {
                 debug!(host = %host, "udp: destination does not resolve: {e}");
-                return None;
+                None
+            }
+            Err(_) => {
+                debug!(host = %host, "udp: name lookup timed out");
+                None
             }
         };
-        let addr = addrs
-            .into_iter()
-            .find(|a| self.outside_addr(*a).is_some())?;
         let mut names = self.names.borrow_mut();
         if names.len() >= NAME_CACHE {
             names.remove(0);
         }
         names.push((host, port, addr, now));
-        Some(addr)
+        addr
     }
 }

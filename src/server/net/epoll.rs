@@ -10,7 +10,10 @@ use socket2::{SockAddr, Socket};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
-use super::{recv_from_now, send_to_now, shutdown_fd, splice_now, Datagram, Net, Readable, Stream};
+use super::{
+    recv_from_now, recv_now, send_now, send_to_now, shutdown_fd, splice_now, Datagram, Net,
+    Readable, Stream,
+};
 use crate::server::pool::Pipe;
 
 /// epoll runtime marker.
@@ -19,13 +22,36 @@ pub struct Epoll;
 /// A stream driven by readiness.
 pub struct EpollStream(tokio::net::TcpStream);
 
+impl EpollStream {
+    /// Makes a direct syscall and, when it would block, forgets tokio's cached readiness for
+    /// `interest`, so that the next wait really waits. The syscall is always made (tokio's own
+    /// `try_io` skips it while its readiness is clear, which would strand bytes that arrived
+    /// while [`Stream::closed`] had cleared it). Nothing can set the readiness between the
+    /// syscall and the clearing: this worker's reactor only runs when the task yields, and a
+    /// later arrival is a new edge that sets it again.
+    fn direct<R>(&self, interest: Interest, f: impl FnOnce() -> io::Result<R>) -> io::Result<R> {
+        let r = f();
+        if matches!(&r, Err(e) if e.kind() == io::ErrorKind::WouldBlock) {
+            self.forget(interest);
+        }
+        r
+    }
+
+    /// Clears tokio's cached readiness for `interest` without touching the socket.
+    fn forget(&self, interest: Interest) {
+        let _ = self
+            .0
+            .try_io(interest, || Err::<(), _>(io::ErrorKind::WouldBlock.into()));
+    }
+}
+
 impl Stream for EpollStream {
     async fn read(&self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
         if buf.len() == buf.capacity() {
             return (Err(io::ErrorKind::InvalidInput.into()), buf);
         }
         loop {
-            match self.0.try_read_buf(&mut buf) {
+            match self.try_read(&mut buf) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 res => return (res, buf),
             }
@@ -38,7 +64,7 @@ impl Stream for EpollStream {
     async fn write_all(&self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
         let mut off = 0;
         while off < buf.len() {
-            match self.0.try_write(&buf[off..]) {
+            match self.try_write(&buf[off..]) {
                 Ok(n) => off += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if let Err(e) = self.0.writable().await {
@@ -68,20 +94,19 @@ impl Stream for EpollStream {
                 Ok(r) if !r.is_read_closed() && !r.is_error() => {
                     // Data, not a hang-up: forget this readiness without reading, so that the
                     // next wait is for a new event (edge-triggered: more data or the close).
-                    let _ = self.0.try_io(Interest::READABLE, || {
-                        Err::<(), _>(io::ErrorKind::WouldBlock.into())
-                    });
+                    self.forget(Interest::READABLE);
                 }
                 _ => return,
             }
         }
     }
 
-    // The direct syscalls go through tokio's `try_io`, so that a `WouldBlock` clears tokio's
-    // cached readiness and the next wait really waits.
+    fn try_read(&self, buf: &mut Vec<u8>) -> io::Result<usize> {
+        self.direct(Interest::READABLE, || recv_now(self.0.as_raw_fd(), buf))
+    }
 
     fn try_write(&self, data: &[u8]) -> io::Result<usize> {
-        self.0.try_write(data)
+        self.direct(Interest::WRITABLE, || send_now(self.0.as_raw_fd(), data))
     }
 
     fn set_nonblocking(&self) -> io::Result<()> {
@@ -90,21 +115,16 @@ impl Stream for EpollStream {
 
     fn try_splice_in(&self, pipe: &Pipe, len: usize) -> io::Result<usize> {
         let fd = self.0.as_raw_fd();
-        self.0
-            .try_io(Interest::READABLE, || splice_now(fd, pipe.writer(), len))
+        self.direct(Interest::READABLE, || splice_now(fd, pipe.writer(), len))
     }
 
     fn try_splice_out(&self, pipe: &Pipe, len: usize) -> io::Result<usize> {
         let fd = self.0.as_raw_fd();
-        self.0
-            .try_io(Interest::WRITABLE, || splice_now(pipe.reader(), fd, len))
+        self.direct(Interest::WRITABLE, || splice_now(pipe.reader(), fd, len))
     }
 
     async fn read_now(&self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
-        if buf.len() == buf.capacity() {
-            return (Err(io::ErrorKind::InvalidInput.into()), buf);
-        }
-        let r = self.0.try_read_buf(&mut buf);
+        let r = self.try_read(&mut buf);
         (r, buf)
     }
 

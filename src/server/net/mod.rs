@@ -90,18 +90,33 @@ pub trait Stream: 'static {
     /// dropping them). Errors (the peer already gone) are ignored.
     fn shutdown(&self, how: Shutdown);
 
-    /// Marks the connection for an abortive close (SO_LINGER 0: the close that follows sends a
-    /// reset, not a FIN) and shuts it down both ways, which ends pending operations on it.
+    /// Resets the connection now: `connect(AF_UNSPEC)` makes the kernel disconnect the socket
+    /// (`tcp_disconnect`), which sends a RST at once and completes pending operations on it
+    /// with an error. If that fails, falls back to SO_LINGER 0 and `shutdown(2)` (a FIN now,
+    /// the reset at close).
     ///
-    /// A broken tunnel is reported to both ends as a reset: a clean FIN would let a truncated
-    /// download look complete, and a peer whose window is closed on a socket we drained
-    /// (a splice took the bytes) would otherwise only learn of the close from a zero-window
-    /// probe, tens of seconds later.
+    /// A broken tunnel is reported to both ends as a reset: a FIN would let a truncated
+    /// download look complete, and a peer whose window is closed on a socket we drained (a
+    /// splice took the bytes) would otherwise only learn of the close from a zero-window probe,
+    /// tens of seconds later.
     fn abort(&self) {
         let raw = self.raw_fd();
-        // Safety: the descriptor belongs to this live stream; the borrow ends with the call.
-        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(raw) };
-        let _ = socket2::SockRef::from(&fd).set_linger(Some(std::time::Duration::ZERO));
+        // Safety: a zeroed sockaddr with family AF_UNSPEC, valid for the call; the descriptor
+        // belongs to this live stream.
+        let r = unsafe {
+            let mut addr: libc::sockaddr = std::mem::zeroed();
+            addr.sa_family = libc::AF_UNSPEC as libc::sa_family_t;
+            libc::connect(
+                raw,
+                &addr,
+                std::mem::size_of::<libc::sockaddr>() as libc::socklen_t,
+            )
+        };
+        if r != 0 {
+            // Safety: as above; the borrow ends with the call.
+            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(raw) };
+            let _ = socket2::SockRef::from(&fd).set_linger(Some(std::time::Duration::ZERO));
+        }
         shutdown_fd(raw, Shutdown::Both);
     }
 
