@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::auth::{Users, UsersError};
+use crate::rules::{AccessConfig, Rules};
 
 /// Default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:1080";
@@ -183,6 +184,8 @@ pub struct FileConfig {
     /// `udp_advertise = ["203.0.113.7"]` or `["0.0.0.0:1080=203.0.113.7"]`
     udp_advertise: Option<Vec<String>>,
     bind_timeout: Option<DurationValue>,
+    /// Access rules (`[access]`, `[[access.rule]]`).
+    access: Option<AccessConfig>,
 }
 
 /// A duration in the file: a number of seconds or a string with a unit.
@@ -247,6 +250,8 @@ pub struct Config {
     pub udp_advertise: Vec<UdpAdvertise>,
     /// How long a BIND waits for its inbound connection.
     pub bind_timeout: Duration,
+    /// Compiled access rules.
+    pub rules: Rules,
 }
 
 impl Config {
@@ -428,6 +433,8 @@ impl Config {
             ),
             udp_advertise,
             bind_timeout,
+            rules: Rules::compile(&file.access.clone().unwrap_or_default())
+                .map_err(ConfigError::Invalid)?,
         };
         config.check_open_proxy()?;
         Ok(config)

@@ -19,4 +19,5 @@
 pub mod auth;
 pub mod config;
 pub mod proto;
+pub mod rules;
 pub mod server;

@@ -15,6 +15,7 @@ use super::relay::{relay, Side};
 use super::udp::{Association, UdpStats};
 use super::worker::WorkerCtx;
 use crate::proto::{Command, Event, Handshake, ProtoError, ReplyCode, Request, TargetAddr};
+use crate::rules::Query;
 
 /// Handshake buffer: the longest handshake message is a SOCKS4a request (8 + 256 + 256 bytes),
 /// and pipelined payload beyond this simply stays in the socket until the relay reads it.
@@ -81,16 +82,30 @@ pub async fn run<N: Net>(ctx: Rc<WorkerCtx>, client: N::Stream, peer: SocketAddr
         started,
     };
 
+    // Access rules: the request as given (a name is checked again per address once resolved).
+    let query = Query::for_target(peer.ip(), user.as_deref(), request.command, &request.target);
+    let verdict = ctx.config.rules.check(&query);
+    if verdict.blocked() {
+        let why = format!("blocked by access rule {:?}", verdict.rule);
+        return refuse(&client, &hs, out, &log, ReplyCode::NotAllowed, &why).await;
+    }
+    if verdict.log {
+        info!(target: "access", client = %peer, cmd = request.command.as_str(), dst = %request.target, "passed by access rule {:?}", verdict.rule);
+    }
+
     match request.command {
         Command::Connect => {}
-        Command::UdpAssociate => return associate::<N>(&ctx, &client, peer, &hs, out, &log).await,
+        Command::UdpAssociate => {
+            let user = user.as_deref();
+            return associate::<N>(&ctx, &client, peer, user, &hs, out, &log).await;
+        }
         Command::Bind => return bind::<N>(&ctx, client, &hs, out, &log, buf, consumed).await,
     }
 
     let connect_timeout = ctx.config.connect_timeout;
     let connected = Box::pin(tokio::time::timeout(
         connect_timeout,
-        connect::<N>(&ctx, &request.target),
+        connect::<N>(&ctx, &request.target, &query),
     ))
     .await;
     let (target, target_addr) = match connected {
@@ -147,11 +162,12 @@ async fn associate<N: Net>(
     ctx: &WorkerCtx,
     client: &N::Stream,
     peer: SocketAddr,
+    user: Option<&str>,
     hs: &Handshake,
     mut out: Vec<u8>,
     log: &AccessLog<'_>,
 ) {
-    let assoc = match Association::<N>::open(ctx, client, peer, &log.request.target) {
+    let assoc = match Association::<N>::open(ctx, client, peer, user, &log.request.target) {
         Ok(a) => a,
         Err(e) => {
             warn!(client = %peer, "udp associate: cannot open the relay sockets: {e}");
@@ -324,15 +340,36 @@ async fn handshake<S: Stream>(
     }
 }
 
-/// Resolves (if needed) and connects to the target.
+/// Resolves (if needed) and connects to the target. The addresses a name resolves to are
+/// checked against the access rules one by one (DNS rebinding: a public name pointing at a
+/// blocked network); a blocked address is skipped, and if every one is blocked the request
+/// is refused as not allowed.
 async fn connect<N: Net>(
     ctx: &WorkerCtx,
     target: &TargetAddr,
+    query: &Query<'_>,
 ) -> io::Result<(N::Stream, SocketAddr)> {
     match target {
         TargetAddr::Ip(addr) => happy_eyeballs::<N>(std::slice::from_ref(addr), &ctx.connect).await,
         TargetAddr::Domain(host, port) => {
-            let addrs = ctx.resolver.resolve(host, *port).await?;
+            let mut addrs = ctx.resolver.resolve(host, *port).await?;
+            let rules = &ctx.config.rules;
+            if !rules.is_open() {
+                let mut blocked = None;
+                addrs.retain(|a| {
+                    let v = rules.check(&query.with_ip(a.ip()));
+                    if v.blocked() {
+                        blocked.get_or_insert((a.ip(), v.rule.to_string()));
+                    }
+                    !v.blocked()
+                });
+                if let (true, Some((ip, rule))) = (addrs.is_empty(), blocked) {
+                    return Err(io::Error::new(
+                        io::ErrorKind::PermissionDenied,
+                        format!("blocked by access rule {rule:?}: {host} resolves to {ip}"),
+                    ));
+                }
+            }
             happy_eyeballs::<N>(&addrs, &ctx.connect).await
         }
     }
@@ -394,6 +431,7 @@ impl AccessLog<'_> {
             dropped_malformed = s.malformed,
             dropped_oversize = s.oversize,
             dropped_unreachable = s.unreachable,
+            dropped_blocked = s.blocked,
             ms = self.started.elapsed().as_millis() as u64,
             "{how}"
         );

@@ -34,7 +34,8 @@ use tracing::{debug, info};
 use super::net::{shutdown_fd, Datagram, Net, Stream};
 use super::worker::WorkerCtx;
 use crate::proto::udp::{ip_header_len, parse_header, write_ip_header, MAX_IP_HEADER};
-use crate::proto::{ProtoError, TargetAddr};
+use crate::proto::{Command, ProtoError, TargetAddr};
+use crate::rules::{Dest, Query, Verdict};
 
 /// Socket buffer sizes asked for (the kernel caps them at net.core.[rw]mem_max): a burst of
 /// datagrams should wait in the kernel rather than be dropped there.
@@ -62,6 +63,8 @@ pub struct UdpStats {
     pub oversize: u64,
     /// Dropped: the destination did not resolve, or sending failed.
     pub unreachable: u64,
+    /// Dropped: an access rule blocks the destination.
+    pub blocked: u64,
     /// Whether the idle timeout ended it.
     pub idle_timeout: bool,
 }
@@ -69,7 +72,12 @@ pub struct UdpStats {
 impl UdpStats {
     /// All dropped datagrams.
     pub fn dropped(&self) -> u64 {
-        self.stranger + self.fragment + self.malformed + self.oversize + self.unreachable
+        self.stranger
+            + self.fragment
+            + self.malformed
+            + self.oversize
+            + self.unreachable
+            + self.blocked
     }
 }
 
@@ -82,6 +90,8 @@ pub struct Association<N: Net> {
     outside_dual: bool,
     client_ip: IpAddr,
     client_port: Cell<Option<u16>>,
+    /// The authenticated user, for the access rules.
+    user: Option<String>,
     advertised: SocketAddr,
     ended: Cell<bool>,
     /// The control connection's descriptor, shut down for reading when the association ends
@@ -116,6 +126,7 @@ impl<N: Net> Association<N> {
         ctx: &WorkerCtx,
         control: &N::Stream,
         peer: SocketAddr,
+        user: Option<&str>,
         requested: &TargetAddr,
     ) -> io::Result<Self> {
         let local = control.local_addr()?;
@@ -163,6 +174,7 @@ impl<N: Net> Association<N> {
             outside_dual,
             client_ip,
             client_port: Cell::new(client_port),
+            user: user.map(str::to_owned),
             advertised: SocketAddr::new(advertised_ip, port),
             ended: Cell::new(false),
             control_fd: Cell::new(None),
@@ -301,9 +313,33 @@ impl<N: Net> Association<N> {
                 return;
             }
         };
-        let dest = match header.addr {
-            TargetAddr::Ip(a) => Some(a),
-            TargetAddr::Domain(host, port) => self.resolve(ctx, host, port).await,
+        // Access rules, per datagram: the name as given, then the address it resolves to.
+        let rules = &ctx.config.rules;
+        let (dest, port) = match &header.addr {
+            TargetAddr::Ip(a) => (Dest::Ip(a.ip()), a.port()),
+            TargetAddr::Domain(h, p) => (Dest::Name(h), *p),
+        };
+        let query = Query {
+            client: self.client_ip,
+            user: self.user.as_deref(),
+            command: Command::UdpAssociate,
+            dest,
+            port,
+        };
+        if !rules.is_open() && self.blocked(rules.check(&query)) {
+            return;
+        }
+        let dest = match &header.addr {
+            TargetAddr::Ip(a) => Some(*a),
+            TargetAddr::Domain(host, port) => {
+                let d = self.resolve(ctx, host.clone(), *port).await;
+                if let Some(d) = d {
+                    if !rules.is_open() && self.blocked(rules.check(&query.with_ip(d.ip()))) {
+                        return;
+                    }
+                }
+                d
+            }
         };
         let Some(dest) = dest.and_then(|d| self.outside_addr(d)) else {
             self.stats.borrow_mut().unreachable += 1;
@@ -407,6 +443,15 @@ impl<N: Net> Association<N> {
         } else {
             self.stats.borrow_mut().unreachable += 1;
         }
+    }
+
+    /// Counts and logs a datagram an access rule blocks; `true` if blocked.
+    fn blocked(&self, v: Verdict<'_>) -> bool {
+        if v.blocked() {
+            debug!(rule = v.rule, "udp: datagram blocked by access rule");
+            self.stats.borrow_mut().blocked += 1;
+        }
+        v.blocked()
     }
 
     fn oversize(&self, len: usize, dir: &str) {
