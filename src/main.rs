@@ -20,6 +20,15 @@ struct Cli {
 enum Cmd {
     /// Run the proxy (defaults: 127.0.0.1:1080, no auth, one worker per CPU).
     Serve(ServeArgs),
+    /// Check a TOML config file (with any flags given, as `serve` would resolve them) and
+    /// print what it configures, or the first error with its line; exit 2 on an error.
+    CheckConfig {
+        /// The config file.
+        file: std::path::PathBuf,
+        /// Flags as for `serve`, which win over the file.
+        #[command(flatten)]
+        args: ServeArgs,
+    },
 }
 
 /// mimalloc v2's `mi_option_arena_eager_commit` (its `mi_option_t` enum; libmimalloc-sys does
@@ -49,6 +58,32 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Cmd::Serve(args) => serve(&args),
+        Cmd::CheckConfig { file, mut args } => {
+            args.config = Some(file);
+            check_config(&args)
+        }
+    }
+}
+
+fn check_config(args: &ServeArgs) -> ExitCode {
+    match Config::from_args(args) {
+        Ok(c) => {
+            let listen: Vec<String> = c.listen.iter().map(|a| a.to_string()).collect();
+            println!(
+                "ok: listen {}; {} user(s); {} access rule(s), default {:?}; relay {:?}; runtime {:?}",
+                listen.join(", "),
+                c.users.len(),
+                c.rules.len(),
+                c.rules.default_action(),
+                c.relay,
+                c.runtime
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ringsocks: {e}");
+            ExitCode::from(2)
+        }
     }
 }
 

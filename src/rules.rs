@@ -302,6 +302,21 @@ impl Rules {
         })
     }
 
+    /// Number of compiled rules (the preset counts as one).
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    /// Whether there are no rules.
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// The action when no rule matches.
+    pub fn default_action(&self) -> Action {
+        self.default
+    }
+
     /// Whether there is nothing to check (no rules, default pass).
     pub fn is_open(&self) -> bool {
         self.rules.is_empty() && self.default == Action::Pass

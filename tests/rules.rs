@@ -257,3 +257,23 @@ fn bad_rules_stop_the_start_with_a_clear_error() {
         "{err}"
     );
 }
+
+#[test]
+fn check_config_reports_errors_with_their_line() {
+    let bin = env!("CARGO_BIN_EXE_ringsocks");
+    let good = tempfile_path::write("[access]\npreset = \"egress\"\n");
+    let out = std::process::Command::new(bin)
+        .args(["check-config", good.as_str()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 access rule(s)"));
+    let bad = tempfile_path::write("threads = 2\n\nbacklog = \"deep\"\n");
+    let out = std::process::Command::new(bin)
+        .args(["check-config", bad.as_str()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 3"), "{err}");
+}
