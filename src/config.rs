@@ -112,6 +112,15 @@ pub struct ServeArgs {
     /// Time a BIND waits for its inbound connection [default: 60s]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub bind_timeout: Option<Duration>,
+    /// Most tunnels (and UDP associations, BINDs) open at once; 0 = no limit [default: 0]
+    #[arg(long, value_name = "N")]
+    pub max_tunnels: Option<usize>,
+    /// Most tunnels open at once from one client address; 0 = no limit [default: 0]
+    #[arg(long, value_name = "N")]
+    pub max_tunnels_per_client: Option<usize>,
+    /// Most tunnels open at once for one user; 0 = no limit [default: 0]
+    #[arg(long, value_name = "N")]
+    pub max_tunnels_per_user: Option<usize>,
 }
 
 /// One `--udp-advertise` entry.
@@ -184,6 +193,9 @@ pub struct FileConfig {
     /// `udp_advertise = ["203.0.113.7"]` or `["0.0.0.0:1080=203.0.113.7"]`
     udp_advertise: Option<Vec<String>>,
     bind_timeout: Option<DurationValue>,
+    max_tunnels: Option<usize>,
+    max_tunnels_per_client: Option<usize>,
+    max_tunnels_per_user: Option<usize>,
     /// Access rules (`[access]`, `[[access.rule]]`).
     access: Option<AccessConfig>,
 }
@@ -252,6 +264,8 @@ pub struct Config {
     pub bind_timeout: Duration,
     /// Compiled access rules.
     pub rules: Rules,
+    /// Concurrent tunnel limits (total, per client, per user); 0 = none.
+    pub max_tunnels: (usize, usize, usize),
 }
 
 impl Config {
@@ -435,6 +449,15 @@ impl Config {
             bind_timeout,
             rules: Rules::compile(&file.access.clone().unwrap_or_default())
                 .map_err(ConfigError::Invalid)?,
+            max_tunnels: (
+                args.max_tunnels.or(file.max_tunnels).unwrap_or(0),
+                args.max_tunnels_per_client
+                    .or(file.max_tunnels_per_client)
+                    .unwrap_or(0),
+                args.max_tunnels_per_user
+                    .or(file.max_tunnels_per_user)
+                    .unwrap_or(0),
+            ),
         };
         config.check_open_proxy()?;
         Ok(config)

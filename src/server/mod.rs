@@ -3,6 +3,7 @@
 
 pub mod bind;
 pub mod connect;
+pub mod limits;
 pub mod listener;
 pub mod net;
 pub mod pool;
@@ -124,6 +125,8 @@ pub fn serve(
         );
     }
 
+    let (total, per_client, per_user) = config.max_tunnels;
+    let limits = Arc::new(limits::Limits::new(total, per_client, per_user));
     let config = Arc::new(config);
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let (done_tx, done_rx) = mpsc::channel::<(usize, usize)>();
@@ -131,6 +134,7 @@ pub fn serve(
     for (id, listeners) in per_worker.into_iter().enumerate() {
         let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
         let config = config.clone();
+        let limits = limits.clone();
         let shutdown = shutdown.clone();
         let done_tx = done_tx.clone();
         let h = std::thread::Builder::new()
@@ -145,11 +149,11 @@ pub fn serve(
                     RuntimeKind::Uring => net::uring::block_on(
                         SQ_ENTRIES,
                         CQ_ENTRIES,
-                        worker::run::<net::uring::Uring>(id, config, listeners, shutdown),
+                        worker::run::<net::uring::Uring>(id, config, limits, listeners, shutdown),
                     )
                     .and_then(|r| r),
                     RuntimeKind::Epoll => epoll_block_on(worker::run::<net::epoll::Epoll>(
-                        id, config, listeners, shutdown,
+                        id, config, limits, listeners, shutdown,
                     )),
                 };
                 let left = match result {

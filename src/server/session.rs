@@ -92,6 +92,14 @@ pub async fn run<N: Net>(ctx: Rc<WorkerCtx>, client: N::Stream, peer: SocketAddr
     if verdict.log {
         info!(target: "access", client = %peer, cmd = request.command.as_str(), dst = %request.target, "passed by access rule {:?}", verdict.rule);
     }
+    // Counted until the session ends (a tunnel, an association or a BIND).
+    let _permit = match ctx.limits.acquire(peer.ip(), user.as_deref()) {
+        Ok(p) => p,
+        Err(hit) => {
+            let code = ReplyCode::GeneralFailure;
+            return refuse(&client, &hs, out, &log, code, &hit.to_string()).await;
+        }
+    };
 
     match request.command {
         Command::Connect => {}

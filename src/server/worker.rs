@@ -14,6 +14,7 @@ use tokio::sync::{watch, Notify};
 use tracing::{error, info, warn};
 
 use super::connect::ConnectOptions;
+use super::limits::Limits;
 use super::net::{shutdown_fd, Net};
 use super::pool::{BufferPool, PipePool, Pools, DATAGRAM_BUFFER, SMALL_BUFFER};
 use super::relay::Mode;
@@ -59,6 +60,8 @@ pub struct WorkerCtx {
     pub relay: Mode,
     /// Live tunnels, for the idle sweep and the forced close after a drain.
     pub tunnels: Tunnels,
+    /// Concurrent tunnel limits, shared with the other workers.
+    pub limits: Arc<Limits>,
     active: Cell<usize>,
     idle: Notify,
 }
@@ -96,6 +99,7 @@ impl Drop for ActiveGuard {
 pub async fn run<N: Net>(
     id: usize,
     config: Arc<Config>,
+    limits: Arc<Limits>,
     listeners: Vec<std::net::TcpListener>,
     mut shutdown: watch::Receiver<bool>,
 ) -> io::Result<usize> {
@@ -118,6 +122,7 @@ pub async fn run<N: Net>(
         },
         relay: relay_mode(config.relay),
         tunnels: Tunnels::default(),
+        limits,
         config,
         active: Cell::new(0),
         idle: Notify::new(),
