@@ -134,9 +134,81 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     std::hint::black_box(diff) == 0
 }
 
+/// Failed logins counted per client address: after `max` failures within `window`, further
+/// attempts from that address are refused without checking the password until the window
+/// has passed since the first of them. Shared by the workers (one mutex, taken only during
+/// RFC 1929 authentication); the table is pruned of expired entries when it grows.
+#[derive(Debug)]
+pub struct LoginThrottle {
+    max: u32,
+    window: std::time::Duration,
+    failures: std::sync::Mutex<HashMap<std::net::IpAddr, (u32, std::time::Instant)>>,
+}
+
+/// Entries kept before expired ones are pruned.
+const THROTTLE_PRUNE_AT: usize = 4096;
+
+impl LoginThrottle {
+    /// At most `max` failures per `window` and client address; `max == 0` disables it.
+    pub fn new(max: u32, window: std::time::Duration) -> Self {
+        LoginThrottle {
+            max,
+            window,
+            failures: Default::default(),
+        }
+    }
+
+    /// Whether `client` is locked out at `now`.
+    pub fn locked(&self, client: std::net::IpAddr, now: std::time::Instant) -> bool {
+        if self.max == 0 {
+            return false;
+        }
+        let map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        match map.get(&client.to_canonical()) {
+            Some(&(n, since)) => n >= self.max && now.duration_since(since) < self.window,
+            None => false,
+        }
+    }
+
+    /// Records a failed login; returns whether this failure locks the client out.
+    pub fn failed(&self, client: std::net::IpAddr, now: std::time::Instant) -> bool {
+        if self.max == 0 {
+            return false;
+        }
+        let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= THROTTLE_PRUNE_AT {
+            let window = self.window;
+            map.retain(|_, &mut (_, since)| now.duration_since(since) < window);
+        }
+        let e = map.entry(client.to_canonical()).or_insert((0, now));
+        if now.duration_since(e.1) >= self.window {
+            *e = (0, now);
+        }
+        e.0 += 1;
+        e.0 == self.max
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn login_throttle_locks_out_and_expires() {
+        use std::time::{Duration, Instant};
+        let t = LoginThrottle::new(3, Duration::from_secs(60));
+        let ip: std::net::IpAddr = "192.0.2.1".parse().unwrap();
+        let mapped: std::net::IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        let t0 = Instant::now();
+        assert!(!t.failed(ip, t0));
+        assert!(!t.failed(mapped, t0));
+        assert!(!t.locked(ip, t0));
+        assert!(t.failed(ip, t0), "the third failure locks");
+        assert!(t.locked(mapped, t0 + Duration::from_secs(59)));
+        assert!(!t.locked("192.0.2.2".parse().unwrap(), t0));
+        assert!(!t.locked(ip, t0 + Duration::from_secs(60)));
+        assert!(!LoginThrottle::new(0, Duration::from_secs(1)).failed(ip, t0));
+    }
 
     #[test]
     fn verify() {

@@ -121,6 +121,13 @@ pub struct ServeArgs {
     /// Most tunnels open at once for one user; 0 = no limit [default: 0]
     #[arg(long, value_name = "N")]
     pub max_tunnels_per_user: Option<usize>,
+    /// Failed logins from one client address before its logins are refused for the rest of
+    /// --auth-failure-window; 0 = no limit [default: 10]
+    #[arg(long, value_name = "N")]
+    pub max_auth_failures: Option<u32>,
+    /// Window for --max-auth-failures [default: 60s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub auth_failure_window: Option<Duration>,
 }
 
 /// One `--udp-advertise` entry.
@@ -196,6 +203,8 @@ pub struct FileConfig {
     max_tunnels: Option<usize>,
     max_tunnels_per_client: Option<usize>,
     max_tunnels_per_user: Option<usize>,
+    max_auth_failures: Option<u32>,
+    auth_failure_window: Option<DurationValue>,
     /// Access rules (`[access]`, `[[access.rule]]`).
     access: Option<AccessConfig>,
 }
@@ -266,6 +275,8 @@ pub struct Config {
     pub rules: Rules,
     /// Concurrent tunnel limits (total, per client, per user); 0 = none.
     pub max_tunnels: (usize, usize, usize),
+    /// Failed logins per client address and window before lockout (0 = none).
+    pub max_auth_failures: (u32, Duration),
 }
 
 impl Config {
@@ -457,6 +468,16 @@ impl Config {
                 args.max_tunnels_per_user
                     .or(file.max_tunnels_per_user)
                     .unwrap_or(0),
+            ),
+            max_auth_failures: (
+                args.max_auth_failures
+                    .or(file.max_auth_failures)
+                    .unwrap_or(10),
+                dur(
+                    args.auth_failure_window,
+                    file.auth_failure_window,
+                    Duration::from_secs(60),
+                ),
             ),
         };
         config.check_open_proxy()?;

@@ -80,3 +80,33 @@ async fn per_user_and_total_limits() {
     assert_eq!(proxy2_total, Some(ReplyCode::GeneralFailure));
     assert!(proxy.wait_logged("tunnel limit per user reached (1)").await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_logins_lock_an_address_out_for_the_window() {
+    let echo = echo_server("127.0.0.1:0").await;
+    let proxy = Proxy::start(&[
+        "--user",
+        "alice:right",
+        "--max-auth-failures",
+        "3",
+        "--auth-failure-window",
+        "1s",
+    ]);
+    for _ in 0..3 {
+        assert_eq!(
+            open(&proxy, echo, Some(("alice", "wrong"))).await.err(),
+            Some(ReplyCode::NotAllowed)
+        );
+    }
+    // Locked out: even the right password is refused, without being checked.
+    assert_eq!(
+        open(&proxy, echo, Some(("alice", "right"))).await.err(),
+        Some(ReplyCode::NotAllowed)
+    );
+    assert!(proxy.wait_logged("3 failed logins within 1s").await);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let s = open(&proxy, echo, Some(("alice", "right")))
+        .await
+        .expect("window over");
+    assert_eq!(echo_roundtrip(s, b"back in").await, b"back in");
+}

@@ -127,6 +127,8 @@ pub fn serve(
 
     let (total, per_client, per_user) = config.max_tunnels;
     let limits = Arc::new(limits::Limits::new(total, per_client, per_user));
+    let (max_failures, window) = config.max_auth_failures;
+    let logins = Arc::new(crate::auth::LoginThrottle::new(max_failures, window));
     let config = Arc::new(config);
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let (done_tx, done_rx) = mpsc::channel::<(usize, usize)>();
@@ -135,6 +137,7 @@ pub fn serve(
         let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
         let config = config.clone();
         let limits = limits.clone();
+        let logins = logins.clone();
         let shutdown = shutdown.clone();
         let done_tx = done_tx.clone();
         let h = std::thread::Builder::new()
@@ -149,11 +152,13 @@ pub fn serve(
                     RuntimeKind::Uring => net::uring::block_on(
                         SQ_ENTRIES,
                         CQ_ENTRIES,
-                        worker::run::<net::uring::Uring>(id, config, limits, listeners, shutdown),
+                        worker::run::<net::uring::Uring>(
+                            id, config, limits, logins, listeners, shutdown,
+                        ),
                     )
                     .and_then(|r| r),
                     RuntimeKind::Epoll => epoll_block_on(worker::run::<net::epoll::Epoll>(
-                        id, config, limits, listeners, shutdown,
+                        id, config, limits, logins, listeners, shutdown,
                     )),
                 };
                 let left = match result {

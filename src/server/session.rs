@@ -303,12 +303,24 @@ async fn handshake<S: Stream>(
                 })
             }
             Event::Authenticate(creds) => {
-                let ok = ctx.config.users.is_empty()
-                    || ctx.config.users.verify(creds.username, creds.password);
                 let name = String::from_utf8_lossy(creds.username).into_owned();
-                if !ok {
-                    warn!(client = %peer, user = %name, "authentication failed");
-                }
+                let now = Instant::now();
+                let ok = if ctx.logins.locked(peer.ip(), now) {
+                    // Too many failures from this address: refused without a password check.
+                    debug!(client = %peer, user = %name, "login refused: too many failed logins");
+                    false
+                } else {
+                    let ok = ctx.config.users.is_empty()
+                        || ctx.config.users.verify(creds.username, creds.password);
+                    if !ok {
+                        warn!(client = %peer, user = %name, "authentication failed");
+                        if ctx.logins.failed(peer.ip(), now) {
+                            let (max, window) = ctx.config.max_auth_failures;
+                            warn!(client = %peer, "{max} failed logins within {window:?}: further logins from this address refused until the window ends");
+                        }
+                    }
+                    ok
+                };
                 user = Some(name);
                 if let Err(e) = hs.authenticated(ok, &mut out) {
                     let _ = send_all(client, out).await;

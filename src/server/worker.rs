@@ -21,6 +21,7 @@ use super::relay::Mode;
 use super::resolve::Resolver;
 use super::session;
 use super::tunnels::Tunnels;
+use crate::auth::LoginThrottle;
 use crate::config::{Config, RelayChoice};
 
 /// Free buffers and free pipes each worker keeps for reuse (more are made on demand and
@@ -62,6 +63,8 @@ pub struct WorkerCtx {
     pub tunnels: Tunnels,
     /// Concurrent tunnel limits, shared with the other workers.
     pub limits: Arc<Limits>,
+    /// Failed logins per client address, shared with the other workers.
+    pub logins: Arc<LoginThrottle>,
     active: Cell<usize>,
     idle: Notify,
 }
@@ -100,6 +103,7 @@ pub async fn run<N: Net>(
     id: usize,
     config: Arc<Config>,
     limits: Arc<Limits>,
+    logins: Arc<LoginThrottle>,
     listeners: Vec<std::net::TcpListener>,
     mut shutdown: watch::Receiver<bool>,
 ) -> io::Result<usize> {
@@ -123,6 +127,7 @@ pub async fn run<N: Net>(
         relay: relay_mode(config.relay),
         tunnels: Tunnels::default(),
         limits,
+        logins,
         config,
         active: Cell::new(0),
         idle: Notify::new(),
