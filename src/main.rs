@@ -106,7 +106,10 @@ fn serve(args: &ServeArgs) -> ExitCode {
         .with_writer(writer)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match ringsocks::server::run(config) {
+    let again = args.clone();
+    let reload: ringsocks::server::Reload =
+        Box::new(move || Config::from_args(&again).map_err(|e| e.to_string()));
+    match ringsocks::server::run(config, Some(reload)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");

@@ -277,3 +277,65 @@ fn check_config_reports_errors_with_their_line() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("line 3"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_users_and_rules_live_tunnels_keep_flowing() {
+    let echo = echo_server("127.0.0.1:0").await;
+    let other = echo_server("127.0.0.1:0").await;
+    let (proxy, cfg) = proxy_with("[users]\nalice = \"a\"\n", &[]);
+    let (mut live, _) = socks5_connect(proxy.addr, &TargetAddr::Ip(echo), Some(("alice", "a")))
+        .await
+        .unwrap();
+    live.write_all(b"before ").await.unwrap();
+    let hup = |pid: u32| {
+        assert!(std::process::Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success());
+    };
+    // New users (alice gone, bob in) and a rule blocking `echo` for new tunnels.
+    std::fs::write(
+        cfg.as_str(),
+        format!(
+            "[users]\nbob = \"b\"\n[access]\n[[access.rule]]\nname = \"after reload\"\naction = \"block\"\ndest = [\"127.0.0.1\"]\nport = [\"{}\"]\n",
+            echo.port()
+        ),
+    )
+    .unwrap();
+    hup(proxy.pid());
+    assert!(
+        proxy
+            .wait_logged("SIGHUP: users and access rules reloaded")
+            .await
+    );
+    // The live tunnel keeps flowing under the rules it started with.
+    live.write_all(b"after").await.unwrap();
+    assert_eq!(echo_roundtrip(live, b"").await, b"before after");
+    assert_eq!(
+        connect_code(&proxy, TargetAddr::Ip(other), Some(("alice", "a"))).await,
+        ReplyCode::NotAllowed,
+        "alice was removed"
+    );
+    assert_eq!(
+        connect_code(&proxy, TargetAddr::Ip(other), Some(("bob", "b"))).await,
+        ReplyCode::Succeeded
+    );
+    assert_eq!(
+        connect_code(&proxy, TargetAddr::Ip(echo), Some(("bob", "b"))).await,
+        ReplyCode::NotAllowed,
+        "the new rule applies to new tunnels"
+    );
+    // A bad file is rejected and the current settings stay.
+    std::fs::write(cfg.as_str(), "[access]\npreset = \"nonsense\"\n").unwrap();
+    hup(proxy.pid());
+    assert!(
+        proxy
+            .wait_logged("configuration rejected, keeping the current one")
+            .await
+    );
+    assert_eq!(
+        connect_code(&proxy, TargetAddr::Ip(other), Some(("bob", "b"))).await,
+        ReplyCode::Succeeded
+    );
+}

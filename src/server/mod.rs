@@ -1,6 +1,7 @@
 //! The thread-per-core server: start-up (limits, runtime choice, listeners), one pinned
 //! worker per core, and graceful shutdown on SIGINT/SIGTERM.
 
+pub mod access;
 pub mod bind;
 pub mod connect;
 pub mod limits;
@@ -22,6 +23,7 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::config::{Config, RuntimeChoice};
+use access::Access;
 
 /// Submission queue entries per worker ring.
 const SQ_ENTRIES: u32 = 4096;
@@ -76,11 +78,18 @@ pub fn choose_runtime(choice: RuntimeChoice) -> Result<RuntimeKind, ServerError>
     }
 }
 
-/// Runs the server until SIGINT or SIGTERM, then drains and returns.
-pub fn run(config: Config) -> Result<(), ServerError> {
+/// Loads the configuration again for SIGHUP (the same flags and file as at start).
+pub type Reload = Box<dyn Fn() -> Result<Config, String> + Send>;
+
+/// Runs the server until SIGINT or SIGTERM, then drains and returns. On SIGHUP, `reload`
+/// (if given) loads the configuration again and the users and access rules are replaced on
+/// every worker at once, for sessions that start from then on; a configuration that does not
+/// load is rejected with a log line and the old one stays.
+pub fn run(config: Config, reload: Option<Reload>) -> Result<(), ServerError> {
     let (tx, rx) = watch::channel(false);
-    let signals = spawn_signal_thread(tx)?;
-    let result = serve(config, rx, |addrs| {
+    let (access_tx, access_rx) = watch::channel(Arc::new(Access::from_config(&config)));
+    let signals = spawn_signal_thread(tx, access_tx, reload)?;
+    let result = serve(config, rx, access_rx, |addrs| {
         for a in addrs {
             info!("listening on {a}");
         }
@@ -94,6 +103,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
 pub fn serve(
     config: Config,
     shutdown: watch::Receiver<bool>,
+    access: watch::Receiver<Arc<Access>>,
     on_ready: impl FnOnce(&[std::net::SocketAddr]),
 ) -> Result<(), ServerError> {
     let nofile = raise_nofile_limit();
@@ -138,6 +148,7 @@ pub fn serve(
         let config = config.clone();
         let limits = limits.clone();
         let logins = logins.clone();
+        let access = access.clone();
         let shutdown = shutdown.clone();
         let done_tx = done_tx.clone();
         let h = std::thread::Builder::new()
@@ -153,12 +164,12 @@ pub fn serve(
                         SQ_ENTRIES,
                         CQ_ENTRIES,
                         worker::run::<net::uring::Uring>(
-                            id, config, limits, logins, listeners, shutdown,
+                            id, config, limits, logins, access, listeners, shutdown,
                         ),
                     )
                     .and_then(|r| r),
                     RuntimeKind::Epoll => epoll_block_on(worker::run::<net::epoll::Epoll>(
-                        id, config, limits, logins, listeners, shutdown,
+                        id, config, limits, logins, access, listeners, shutdown,
                     )),
                 };
                 let left = match result {
@@ -232,18 +243,21 @@ fn epoll_block_on<F: std::future::Future<Output = io::Result<usize>>>(fut: F) ->
 /// Waits for SIGINT or SIGTERM on a small thread of its own and flips `tx`.
 fn spawn_signal_thread(
     tx: watch::Sender<bool>,
+    access: watch::Sender<Arc<Access>>,
+    reload: Option<Reload>,
 ) -> Result<std::thread::JoinHandle<()>, ServerError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(ServerError::Signals)?;
     // Register before returning so a signal arriving right after start-up is not missed.
-    let (mut int, mut term) = rt
+    let (mut int, mut term, mut hup) = rt
         .block_on(async {
             use tokio::signal::unix::{signal, SignalKind};
             Ok::<_, io::Error>((
                 signal(SignalKind::interrupt())?,
                 signal(SignalKind::terminate())?,
+                signal(SignalKind::hangup())?,
             ))
         })
         .map_err(ServerError::Signals)?;
@@ -251,14 +265,40 @@ fn spawn_signal_thread(
         .name("ringsocks-signals".into())
         .spawn(move || {
             rt.block_on(async {
-                tokio::select! {
-                    _ = int.recv() => info!("SIGINT: stopping"),
-                    _ = term.recv() => info!("SIGTERM: stopping"),
+                loop {
+                    tokio::select! {
+                        _ = int.recv() => { info!("SIGINT: stopping"); break }
+                        _ = term.recv() => { info!("SIGTERM: stopping"); break }
+                        _ = hup.recv() => reload_access(reload.as_deref(), &access),
+                    }
                 }
             });
             let _ = tx.send(true);
         })
         .map_err(ServerError::Spawn)
+}
+
+/// SIGHUP: load the configuration again and hand its users and rules to the workers.
+fn reload_access(
+    reload: Option<&(dyn Fn() -> Result<Config, String> + Send)>,
+    access: &watch::Sender<Arc<Access>>,
+) {
+    let Some(reload) = reload else {
+        warn!("SIGHUP: nothing to reload");
+        return;
+    };
+    match reload() {
+        Ok(config) => {
+            let new = Access::from_config(&config);
+            info!(
+                users = new.users.len(),
+                rules = new.rules.len(),
+                "SIGHUP: users and access rules reloaded; they apply to new sessions (other settings need a restart)"
+            );
+            access.send_replace(Arc::new(new));
+        }
+        Err(e) => error!("SIGHUP: configuration rejected, keeping the current one: {e}"),
+    }
 }
 
 /// Raises the soft RLIMIT_NOFILE to the hard limit and returns the result: each tunnel costs

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use tracing::{debug, info, warn};
 
+use super::access::Access;
 use super::bind;
 use super::connect::happy_eyeballs;
 use super::net::{send_all, Net, Stream};
@@ -15,7 +16,8 @@ use super::relay::{relay, Side};
 use super::udp::{Association, UdpStats};
 use super::worker::WorkerCtx;
 use crate::proto::{Command, Event, Handshake, ProtoError, ReplyCode, Request, TargetAddr};
-use crate::rules::Query;
+use crate::rules::{Query, Rules};
+use std::sync::Arc;
 
 /// Handshake buffer: the longest handshake message is a SOCKS4a request (8 + 256 + 256 bytes),
 /// and pipelined payload beyond this simply stays in the socket until the relay reads it.
@@ -41,13 +43,15 @@ enum SessionError {
 /// Runs one session to completion. Never panics on peer input; errors end up in the log.
 pub async fn run<N: Net>(ctx: Rc<WorkerCtx>, client: N::Stream, peer: SocketAddr) {
     let _active = ctx.enter();
+    // Users and rules as they are now: a reload applies to sessions that start after it.
+    let access = ctx.access();
     let started = Instant::now();
     let timeout = ctx.config.handshake_timeout;
     // The handshake and the connect are boxed: their state is freed once they are done, so a
     // long-lived tunnel's task holds only what the relay needs.
     let hs = Box::pin(tokio::time::timeout(
         timeout,
-        handshake(&ctx, &client, peer),
+        handshake(&ctx, &access, &client, peer),
     ))
     .await;
     let done = match hs {
@@ -84,7 +88,7 @@ pub async fn run<N: Net>(ctx: Rc<WorkerCtx>, client: N::Stream, peer: SocketAddr
 
     // Access rules: the request as given (a name is checked again per address once resolved).
     let query = Query::for_target(peer.ip(), user.as_deref(), request.command, &request.target);
-    let verdict = ctx.config.rules.check(&query);
+    let verdict = access.rules.check(&query);
     if verdict.blocked() {
         let why = format!("blocked by access rule {:?}", verdict.rule);
         return refuse(&client, &hs, out, &log, ReplyCode::NotAllowed, &why).await;
@@ -104,8 +108,8 @@ pub async fn run<N: Net>(ctx: Rc<WorkerCtx>, client: N::Stream, peer: SocketAddr
     match request.command {
         Command::Connect => {}
         Command::UdpAssociate => {
-            let user = user.as_deref();
-            return associate::<N>(&ctx, &client, peer, user, &hs, out, &log).await;
+            let who = (user.as_deref(), access.clone());
+            return associate::<N>(&ctx, &client, peer, who, &hs, out, &log).await;
         }
         Command::Bind => return bind::<N>(&ctx, client, &hs, out, &log, buf, consumed).await,
     }
@@ -113,7 +117,7 @@ pub async fn run<N: Net>(ctx: Rc<WorkerCtx>, client: N::Stream, peer: SocketAddr
     let connect_timeout = ctx.config.connect_timeout;
     let connected = Box::pin(tokio::time::timeout(
         connect_timeout,
-        connect::<N>(&ctx, &request.target, &query),
+        connect::<N>(&ctx, &access.rules, &request.target, &query),
     ))
     .await;
     let (target, target_addr) = match connected {
@@ -170,12 +174,12 @@ async fn associate<N: Net>(
     ctx: &WorkerCtx,
     client: &N::Stream,
     peer: SocketAddr,
-    user: Option<&str>,
+    (user, access): (Option<&str>, Arc<Access>),
     hs: &Handshake,
     mut out: Vec<u8>,
     log: &AccessLog<'_>,
 ) {
-    let assoc = match Association::<N>::open(ctx, client, peer, user, &log.request.target) {
+    let assoc = match Association::<N>::open(ctx, client, peer, user, access, &log.request.target) {
         Ok(a) => a,
         Err(e) => {
             warn!(client = %peer, "udp associate: cannot open the relay sockets: {e}");
@@ -272,10 +276,11 @@ struct Handshaken {
 /// request gets the method selection and the request reply in one write.
 async fn handshake<S: Stream>(
     ctx: &WorkerCtx,
+    access: &Access,
     client: &S,
     peer: SocketAddr,
 ) -> Result<Handshaken, SessionError> {
-    let mut hs = Handshake::new(ctx.policy);
+    let mut hs = Handshake::new(access.auth);
     let mut buf = Vec::with_capacity(HANDSHAKE_BUF);
     let mut out = Vec::with_capacity(32);
     let mut consumed = 0;
@@ -310,8 +315,8 @@ async fn handshake<S: Stream>(
                     debug!(client = %peer, user = %name, "login refused: too many failed logins");
                     false
                 } else {
-                    let ok = ctx.config.users.is_empty()
-                        || ctx.config.users.verify(creds.username, creds.password);
+                    let ok = access.users.is_empty()
+                        || access.users.verify(creds.username, creds.password);
                     if !ok {
                         warn!(client = %peer, user = %name, "authentication failed");
                         if ctx.logins.failed(peer.ip(), now) {
@@ -366,6 +371,7 @@ async fn handshake<S: Stream>(
 /// is refused as not allowed.
 async fn connect<N: Net>(
     ctx: &WorkerCtx,
+    rules: &Rules,
     target: &TargetAddr,
     query: &Query<'_>,
 ) -> io::Result<(N::Stream, SocketAddr)> {
@@ -373,7 +379,6 @@ async fn connect<N: Net>(
         TargetAddr::Ip(addr) => happy_eyeballs::<N>(std::slice::from_ref(addr), &ctx.connect).await,
         TargetAddr::Domain(host, port) => {
             let mut addrs = ctx.resolver.resolve(host, *port).await?;
-            let rules = &ctx.config.rules;
             if !rules.is_open() {
                 let mut blocked = None;
                 addrs.retain(|a| {

@@ -31,6 +31,9 @@ use std::time::{Duration, Instant};
 use socket2::{Domain, Protocol, Socket, Type};
 use tracing::{debug, info};
 
+use std::sync::Arc;
+
+use super::access::Access;
 use super::net::{shutdown_fd, Datagram, Net, Stream};
 use super::worker::WorkerCtx;
 use crate::proto::udp::{ip_header_len, parse_header, write_ip_header, MAX_IP_HEADER};
@@ -92,6 +95,8 @@ pub struct Association<N: Net> {
     client_port: Cell<Option<u16>>,
     /// The authenticated user, for the access rules.
     user: Option<String>,
+    /// The users and rules the association started with.
+    access: Arc<Access>,
     advertised: SocketAddr,
     ended: Cell<bool>,
     /// The control connection's descriptor, shut down for reading when the association ends
@@ -127,6 +132,7 @@ impl<N: Net> Association<N> {
         control: &N::Stream,
         peer: SocketAddr,
         user: Option<&str>,
+        access: Arc<Access>,
         requested: &TargetAddr,
     ) -> io::Result<Self> {
         let local = control.local_addr()?;
@@ -175,6 +181,7 @@ impl<N: Net> Association<N> {
             client_ip,
             client_port: Cell::new(client_port),
             user: user.map(str::to_owned),
+            access,
             advertised: SocketAddr::new(advertised_ip, port),
             ended: Cell::new(false),
             control_fd: Cell::new(None),
@@ -314,7 +321,7 @@ impl<N: Net> Association<N> {
             }
         };
         // Access rules, per datagram: the name as given, then the address it resolves to.
-        let rules = &ctx.config.rules;
+        let rules = &self.access.rules;
         let (dest, port) = match &header.addr {
             TargetAddr::Ip(a) => (Dest::Ip(a.ip()), a.port()),
             TargetAddr::Domain(h, p) => (Dest::Name(h), *p),

@@ -2,7 +2,7 @@
 //! listeners. Connections accepted here are handshaken and relayed here; nothing crosses to
 //! another thread.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::Shutdown;
 use std::os::fd::AsRawFd;
@@ -41,7 +41,7 @@ pub fn relay_mode(choice: RelayChoice) -> Mode {
     }
 }
 
-use crate::proto::AuthPolicy;
+use super::access::Access;
 
 /// Per-worker state shared by its sessions (single-threaded: `Rc` and `Cell`, no locks).
 pub struct WorkerCtx {
@@ -49,8 +49,8 @@ pub struct WorkerCtx {
     pub id: usize,
     /// Settings.
     pub config: Arc<Config>,
-    /// What the handshake accepts.
-    pub policy: AuthPolicy,
+    /// Users and access rules now (replaced on SIGHUP).
+    access: RefCell<Arc<Access>>,
     /// How to connect out.
     pub connect: ConnectOptions,
     /// This worker's resolver.
@@ -70,6 +70,11 @@ pub struct WorkerCtx {
 }
 
 impl WorkerCtx {
+    /// The current users and access rules; a session takes them once and keeps them.
+    pub fn access(&self) -> Arc<Access> {
+        self.access.borrow().clone()
+    }
+
     /// Counts a session as active until the guard drops.
     pub fn enter(self: &Rc<Self>) -> ActiveGuard {
         self.active.set(self.active.get() + 1);
@@ -104,15 +109,13 @@ pub async fn run<N: Net>(
     config: Arc<Config>,
     limits: Arc<Limits>,
     logins: Arc<LoginThrottle>,
+    mut access: watch::Receiver<Arc<Access>>,
     listeners: Vec<std::net::TcpListener>,
     mut shutdown: watch::Receiver<bool>,
 ) -> io::Result<usize> {
     let ctx = Rc::new(WorkerCtx {
         id,
-        policy: AuthPolicy {
-            password_required: !config.users.is_empty(),
-            allow_socks4: config.allow_socks4,
-        },
+        access: RefCell::new(access.borrow().clone()),
         connect: ConnectOptions {
             egress_ip: config.egress_ip,
             attempt_delay: config.happy_eyeballs_delay,
@@ -148,6 +151,17 @@ pub async fn run<N: Net>(
 
     // Give pooled buffers and pipes back to the system once a burst is over, and close
     // tunnels that went idle: one timer per worker rather than one per tunnel.
+    // SIGHUP: take the new users and rules for sessions that start from now on.
+    let reloads = {
+        let ctx = ctx.clone();
+        tokio::task::spawn_local(async move {
+            while access.changed().await.is_ok() {
+                let new = access.borrow_and_update().clone();
+                *ctx.access.borrow_mut() = new;
+            }
+        })
+    };
+
     let housekeeping = {
         let ctx = ctx.clone();
         let every = match ctx.config.idle_timeout {
@@ -215,6 +229,7 @@ pub async fn run<N: Net>(
         }
     }
     housekeeping.abort();
+    reloads.abort();
     Ok(ctx.active.get())
 }
 

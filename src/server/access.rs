@@ -1,0 +1,33 @@
+//! What SIGHUP reloads: users and access rules, as one immutable snapshot. Each worker holds
+//! the current snapshot; a session takes it once when it starts and keeps it to its end, so a
+//! reload applies to new sessions and never changes a live tunnel's rules halfway.
+
+use crate::auth::Users;
+use crate::config::Config;
+use crate::proto::AuthPolicy;
+use crate::rules::Rules;
+
+/// Users, rules and the handshake policy they imply.
+#[derive(Debug, Clone)]
+pub struct Access {
+    /// RFC 1929 users; empty means no authentication.
+    pub users: Users,
+    /// Access rules.
+    pub rules: Rules,
+    /// What the handshake accepts.
+    pub auth: AuthPolicy,
+}
+
+impl Access {
+    /// The reloadable part of `config`.
+    pub fn from_config(config: &Config) -> Access {
+        Access {
+            users: config.users.clone(),
+            rules: config.rules.clone(),
+            auth: AuthPolicy {
+                password_required: !config.users.is_empty(),
+                allow_socks4: config.allow_socks4,
+            },
+        }
+    }
+}
