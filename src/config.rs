@@ -649,6 +649,27 @@ mod tests {
     }
 
     #[test]
+    fn shipped_edge_config_is_valid_and_blocks_internal_networks() {
+        use crate::proto::{Command, TargetAddr};
+        use crate::rules::Query;
+        let file = FileConfig::parse(include_str!("../edge.example.toml")).unwrap();
+        let c = Config::resolve(&ServeArgs::default(), file).unwrap();
+        assert!(!c.users.is_empty(), "a public listener needs users");
+        let client = "198.51.100.1".parse().unwrap();
+        for (dst, blocked) in [
+            ("169.254.169.254:80", true),
+            ("10.0.0.1:443", true),
+            ("[::1]:80", true),
+            ("192.0.2.10:25", true),
+            ("93.184.215.14:443", false),
+        ] {
+            let t = TargetAddr::Ip(dst.parse().unwrap());
+            let q = Query::for_target(client, Some("alice"), Command::Connect, &t);
+            assert_eq!(c.rules.check(&q).blocked(), blocked, "{dst}");
+        }
+    }
+
+    #[test]
     fn file_errors_name_the_line() {
         let e = FileConfig::parse("threads = 2\nlisen = []\n").unwrap_err();
         assert!(e.contains("line 2"), "{e}");
