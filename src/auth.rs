@@ -142,11 +142,30 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 pub struct LoginThrottle {
     max: u32,
     window: std::time::Duration,
-    failures: std::sync::Mutex<HashMap<std::net::IpAddr, (u32, std::time::Instant)>>,
+    failures: std::sync::Mutex<Failures>,
 }
 
-/// Entries kept before expired ones are pruned.
-const THROTTLE_PRUNE_AT: usize = 4096;
+#[derive(Debug, Default)]
+struct Failures {
+    by_client: HashMap<std::net::IpAddr, (u32, std::time::Instant)>,
+    last_prune: Option<std::time::Instant>,
+}
+
+/// Addresses tracked at most; beyond, expired entries are pruned (at most once a second) and
+/// new addresses are not tracked until there is room, so a flood cannot grow the table.
+const THROTTLE_MAX: usize = 65536;
+
+/// The key one client is counted under: its IPv4 address, or its IPv6 /64 (one host usually
+/// has a whole /64, and could otherwise take a new address per attempt).
+pub fn client_key(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip.to_canonical() {
+        std::net::IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & (u128::MAX << 64);
+            std::net::IpAddr::V6(bits.into())
+        }
+        v4 => v4,
+    }
+}
 
 impl LoginThrottle {
     /// At most `max` failures per `window` and client address; `max == 0` disables it.
@@ -163,8 +182,8 @@ impl LoginThrottle {
         if self.max == 0 {
             return false;
         }
-        let map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        match map.get(&client.to_canonical()) {
+        let f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        match f.by_client.get(&client_key(client)) {
             Some(&(n, since)) => n >= self.max && now.duration_since(since) < self.window,
             None => false,
         }
@@ -175,12 +194,24 @@ impl LoginThrottle {
         if self.max == 0 {
             return false;
         }
-        let mut map = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        if map.len() >= THROTTLE_PRUNE_AT {
-            let window = self.window;
-            map.retain(|_, &mut (_, since)| now.duration_since(since) < window);
+        let mut f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let key = client_key(client);
+        if f.by_client.len() >= THROTTLE_MAX && !f.by_client.contains_key(&key) {
+            let due = match f.last_prune {
+                None => true,
+                Some(t) => now.duration_since(t) >= std::time::Duration::from_secs(1),
+            };
+            if due {
+                let window = self.window;
+                f.by_client
+                    .retain(|_, &mut (_, since)| now.duration_since(since) < window);
+                f.last_prune = Some(now);
+            }
+            if f.by_client.len() >= THROTTLE_MAX {
+                return false;
+            }
         }
-        let e = map.entry(client.to_canonical()).or_insert((0, now));
+        let e = f.by_client.entry(key).or_insert((0, now));
         if now.duration_since(e.1) >= self.window {
             *e = (0, now);
         }
@@ -208,6 +239,12 @@ mod tests {
         assert!(!t.locked("192.0.2.2".parse().unwrap(), t0));
         assert!(!t.locked(ip, t0 + Duration::from_secs(60)));
         assert!(!LoginThrottle::new(0, Duration::from_secs(1)).failed(ip, t0));
+        // IPv6 counts per /64: a new address per guess does not help.
+        let t = LoginThrottle::new(2, Duration::from_secs(60));
+        assert!(!t.failed("2001:db8::1".parse().unwrap(), t0));
+        assert!(t.failed("2001:db8::2".parse().unwrap(), t0));
+        assert!(t.locked("2001:db8::ffff".parse().unwrap(), t0));
+        assert!(!t.locked("2001:db8:0:1::1".parse().unwrap(), t0));
     }
 
     #[test]

@@ -510,8 +510,31 @@ impl FileConfig {
     }
 
     /// Parses TOML text; errors carry line and column.
+    ///
+    /// The error never quotes the file: the parser's own text shows the offending line,
+    /// which may hold a password. Inside the `[users]` table the message is replaced too (it
+    /// can quote the value).
     pub fn parse(text: &str) -> Result<FileConfig, String> {
-        toml::from_str(text).map_err(|e| e.to_string())
+        toml::from_str(text).map_err(|e: toml::de::Error| {
+            let Some(span) = e.span() else {
+                return e.message().to_string();
+            };
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            let in_users = before
+                .lines()
+                .rev()
+                .map(str::trim)
+                .find(|l| l.starts_with('['))
+                .is_some_and(|h| h.trim_start_matches('[').trim_end_matches(']').trim() == "users");
+            let message = if in_users {
+                "invalid user entry (value not shown); expected NAME = \"PASSWORD\""
+            } else {
+                e.message()
+            };
+            format!("line {line}, column {column}: {message}")
+        })
     }
 }
 
@@ -666,6 +689,19 @@ mod tests {
             let t = TargetAddr::Ip(dst.parse().unwrap());
             let q = Query::for_target(client, Some("alice"), Command::Connect, &t);
             assert_eq!(c.rules.check(&q).blocked(), blocked, "{dst}");
+        }
+    }
+
+    #[test]
+    fn file_errors_never_show_a_password() {
+        for text in [
+            "[users]\nalice = \"s3cret\n",
+            "[users]\nalice = 12345678\n",
+            "threads = 2\n[users]\nbob = \"ok\"\nalice = [\"s3cret\"]\n",
+        ] {
+            let e = FileConfig::parse(text).unwrap_err();
+            assert!(!e.contains("s3cret") && !e.contains("12345678"), "{e}");
+            assert!(e.contains("line"), "{e}");
         }
     }
 

@@ -122,6 +122,24 @@ fn ip_bits(ip: IpAddr) -> u128 {
     }
 }
 
+/// The IPv4 address an IPv6 address carries to an IPv4 host, in the [`Cidr`] space: NAT64
+/// (64:ff9b::/96, RFC 6052), 6to4 (2002::/16) and IPv4-compatible (::/96, beyond :: and
+/// ::1). A rule on an IPv4 network also applies to these, so 64:ff9b::a9fe:a9fe cannot reach
+/// 169.254.169.254 past the egress preset through a NAT64 gateway.
+fn embedded_v4(bits: u128) -> Option<u128> {
+    const MAPPED: u128 = 0xffff_0000_0000;
+    let v4 = if bits >> 32 == 0x0064_ff9b_0000_0000_0000_0000 {
+        bits & 0xffff_ffff
+    } else if bits >> 112 == 0x2002 {
+        (bits >> 80) & 0xffff_ffff
+    } else if bits >> 32 == 0 && bits > 1 {
+        bits & 0xffff_ffff
+    } else {
+        return None;
+    };
+    Some(MAPPED | v4)
+}
+
 const CMD_CONNECT: u8 = 1;
 const CMD_BIND: u8 = 2;
 const CMD_UDP: u8 = 4;
@@ -180,7 +198,8 @@ pub struct Query<'a> {
 impl<'a> Query<'a> {
     /// A query for a request's target, as given (a name or an address). The target of a
     /// UDP ASSOCIATE is where the client sends from, not a destination, and an unspecified
-    /// BIND address names no peer: both are checked with an unknown destination.
+    /// BIND address names no peer: both are checked with an unknown destination. (A CONNECT
+    /// to 0.0.0.0 or :: is a destination: on Linux it reaches the host itself.)
     pub fn for_target(
         client: IpAddr,
         user: Option<&'a str>,
@@ -189,7 +208,9 @@ impl<'a> Query<'a> {
     ) -> Self {
         let (dest, port) = match target {
             _ if command == Command::UdpAssociate => (Dest::Unknown, 0),
-            TargetAddr::Ip(a) if a.ip().is_unspecified() => (Dest::Unknown, a.port()),
+            TargetAddr::Ip(a) if command == Command::Bind && a.ip().is_unspecified() => {
+                (Dest::Unknown, a.port())
+            }
             TargetAddr::Ip(a) => (Dest::Ip(a.ip()), a.port()),
             TargetAddr::Domain(h, p) => (Dest::Name(h), *p),
         };
@@ -264,6 +285,7 @@ pub const EGRESS_BLOCKED: &[&str] = &[
     "64:ff9b:1::/48",    // local-use NAT64
     "fc00::/7",          // unique local
     "fe80::/10",         // link-local
+    "fec0::/10",         // site-local (deprecated)
     "ff00::/8",          // multicast
     "fd00:ec2::254/128", // AWS metadata over IPv6 (inside fc00::/7; named for the log)
 ];
@@ -322,24 +344,37 @@ impl Rules {
         self.rules.is_empty() && self.default == Action::Pass
     }
 
+    /// The verdict on one address a name resolved to, given the verdict on the name: a rule
+    /// that matches the address decides (so a network rule or the egress preset can veto a
+    /// name that passed); if none does, the name's verdict stands (so a name passed by a
+    /// `.suffix` rule is not then refused by a `block` default).
+    pub fn check_resolved<'r>(&'r self, by_name: Verdict<'r>, q: &Query<'_>) -> Verdict<'r> {
+        match self.matching(q) {
+            Some(v) => v,
+            None => by_name,
+        }
+    }
+
     /// The first matching rule's verdict, or the default.
     pub fn check(&self, q: &Query<'_>) -> Verdict<'_> {
-        let client = ip_bits(q.client);
-        let cmd = command_bit(q.command);
-        for r in &self.rules {
-            if r.matches(client, cmd, q) {
-                return Verdict {
-                    action: r.action,
-                    rule: &r.name,
-                    log: r.log,
-                };
-            }
-        }
-        Verdict {
+        self.matching(q).unwrap_or(Verdict {
             action: self.default,
             rule: "default",
             log: false,
-        }
+        })
+    }
+
+    fn matching(&self, q: &Query<'_>) -> Option<Verdict<'_>> {
+        let client = ip_bits(q.client);
+        let cmd = command_bit(q.command);
+        self.rules
+            .iter()
+            .find(|r| r.matches(client, cmd, q))
+            .map(|r| Verdict {
+                action: r.action,
+                rule: &r.name,
+                log: r.log,
+            })
     }
 }
 
@@ -373,7 +408,10 @@ impl Rule {
             Dest::Unknown => false,
             Dest::Ip(ip) => {
                 let bits = ip_bits(ip);
-                self.dest_nets.iter().any(|c| c.contains(bits))
+                let inner = embedded_v4(bits);
+                self.dest_nets
+                    .iter()
+                    .any(|c| c.contains(bits) || inner.is_some_and(|v4| c.contains(v4)))
             }
             Dest::Name(host) => {
                 let host = host.strip_suffix('.').unwrap_or(host);
@@ -414,15 +452,23 @@ fn compile_rule(r: &RuleConfig, name: String) -> Result<Rule, String> {
     let (mut dest_nets, mut dest_hosts, mut dest_suffixes) = (Vec::new(), Vec::new(), Vec::new());
     for d in r.dest.iter().flatten() {
         let d = d.trim();
+        let d = d.strip_suffix('.').unwrap_or(d);
         if let Some(suffix) = d.strip_prefix('.') {
-            if suffix.is_empty() {
-                return Err("empty domain suffix \".\"".into());
+            if suffix.is_empty() || suffix.contains(['*', '[', ']', '/', ' ']) {
+                return Err(format!("{d:?} is not a domain suffix like .example.com"));
             }
             dest_suffixes.push(format!(".{}", suffix.to_ascii_lowercase()));
         } else if d.parse::<IpAddr>().is_ok() || d.contains('/') {
             dest_nets.push(Cidr::parse(d)?);
         } else if d.is_empty() {
             return Err("empty destination".into());
+        } else if !d
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+        {
+            return Err(format!(
+                "{d:?} is not a network, a host name or a .suffix (no brackets or wildcards)"
+            ));
         } else {
             dest_hosts.push(d.to_ascii_lowercase());
         }
@@ -678,6 +724,64 @@ mod tests {
         assert!(!r
             .check(&Query::for_target(c, None, Command::Bind, &any))
             .blocked());
+    }
+
+    #[test]
+    fn review_bypasses_are_closed() {
+        let r = rules("preset = \"egress\"\n");
+        let c = Command::Connect;
+        // CONNECT to the unspecified address reaches the host itself.
+        for t in ["0.0.0.0:22", "[::]:22"] {
+            let t = TargetAddr::Ip(t.parse().unwrap());
+            let client: IpAddr = "1.1.1.1".parse().unwrap();
+            assert!(
+                r.check(&Query::for_target(client, None, c, &t)).blocked(),
+                "{t}"
+            );
+        }
+        // IPv4 carried in IPv6: NAT64, 6to4, IPv4-compatible; site-local.
+        for a in [
+            "64:ff9b::a9fe:a9fe",
+            "64:ff9b::a00:1",
+            "2002:a00:1::1",
+            "::a00:1",
+            "fec0::1",
+        ] {
+            assert!(r.check(&q("1.1.1.1", None, c, ip(a), 80)).blocked(), "{a}");
+        }
+        assert!(!r
+            .check(&q("1.1.1.1", None, c, ip("64:ff9b::5db8:d70e"), 80))
+            .blocked());
+        // Trailing dots in the config; no wildcards or brackets.
+        let r =
+            rules("[[rule]]\naction = \"block\"\ndest = [\".corp.example.\", \"host.example.\"]\n");
+        assert!(r
+            .check(&q("1.1.1.1", None, c, Dest::Name("a.corp.example"), 80))
+            .blocked());
+        assert!(r
+            .check(&q("1.1.1.1", None, c, Dest::Name("host.example."), 80))
+            .blocked());
+        for bad in ["*.x.com", "[::1]"] {
+            let cfg: AccessConfig = toml::from_str(&format!(
+                "[[rule]]\naction = \"block\"\ndest = [\"{bad}\"]\n"
+            ))
+            .unwrap();
+            assert!(Rules::compile(&cfg).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_name_passed_by_suffix_is_not_refused_by_the_default_after_resolution() {
+        let r = rules(
+            "default = \"block\"\npreset = \"egress\"\n[[rule]]\nname = \"ok\"\naction = \"pass\"\ndest = [\".example.com\"]\n",
+        );
+        let c = Command::Connect;
+        let by_name = r.check(&q("1.1.1.1", None, c, Dest::Name("www.example.com"), 443));
+        assert!(!by_name.blocked());
+        let public = q("1.1.1.1", None, c, ip("93.184.215.14"), 443);
+        assert!(!r.check_resolved(by_name, &public).blocked());
+        let private = q("1.1.1.1", None, c, ip("10.0.0.1"), 443);
+        assert_eq!(r.check_resolved(by_name, &private).rule, "egress preset");
     }
 
     #[test]

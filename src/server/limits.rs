@@ -1,5 +1,6 @@
 //! Limits on concurrent tunnels: in total, per client address and per user, shared by all
-//! workers. Checked once when a request has passed the access rules, released when its session
+//! workers (a client is its IPv4 address or its IPv6 /64). Checked once when a request has
+//! passed the access rules, released when its session
 //! ends; never touched while bytes move. The total is one atomic counter; the per-client and
 //! per-user tables (a mutex each) are only used when those limits are set.
 
@@ -65,7 +66,7 @@ impl Limits {
             }
         }
         if self.max_per_client > 0 {
-            let client = client.to_canonical();
+            let client = crate::auth::client_key(client);
             let mut map = self.per_client.lock().unwrap_or_else(|e| e.into_inner());
             let n = map.entry(client).or_insert(0);
             if *n >= self.max_per_client {

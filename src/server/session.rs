@@ -87,7 +87,14 @@ pub async fn run<N: Net>(ctx: Rc<WorkerCtx>, client: N::Stream, peer: SocketAddr
     };
 
     // Access rules: the request as given (a name is checked again per address once resolved).
-    let query = Query::for_target(peer.ip(), user.as_deref(), request.command, &request.target);
+    // A username only means something when users are configured: in open mode a client
+    // that offers RFC 1929 is let in under any name, which must not match user rules.
+    let rule_user = if access.users.is_empty() {
+        None
+    } else {
+        user.as_deref()
+    };
+    let query = Query::for_target(peer.ip(), rule_user, request.command, &request.target);
     let verdict = access.rules.check(&query);
     if verdict.blocked() {
         let why = format!("blocked by access rule {:?}", verdict.rule);
@@ -97,7 +104,7 @@ pub async fn run<N: Net>(ctx: Rc<WorkerCtx>, client: N::Stream, peer: SocketAddr
         info!(target: "access", client = %peer, cmd = request.command.as_str(), dst = %request.target, "passed by access rule {:?}", verdict.rule);
     }
     // Counted until the session ends (a tunnel, an association or a BIND).
-    let _permit = match ctx.limits.acquire(peer.ip(), user.as_deref()) {
+    let _permit = match ctx.limits.acquire(peer.ip(), rule_user) {
         Ok(p) => p,
         Err(hit) => {
             let code = ReplyCode::GeneralFailure;
@@ -108,7 +115,7 @@ pub async fn run<N: Net>(ctx: Rc<WorkerCtx>, client: N::Stream, peer: SocketAddr
     match request.command {
         Command::Connect => {}
         Command::UdpAssociate => {
-            let who = (user.as_deref(), access.clone());
+            let who = (rule_user, access.clone());
             return associate::<N>(&ctx, &client, peer, who, &hs, out, &log).await;
         }
         Command::Bind => return bind::<N>(&ctx, client, &hs, out, &log, buf, consumed).await,
@@ -381,8 +388,9 @@ async fn connect<N: Net>(
             let mut addrs = ctx.resolver.resolve(host, *port).await?;
             if !rules.is_open() {
                 let mut blocked = None;
+                let by_name = rules.check(query);
                 addrs.retain(|a| {
-                    let v = rules.check(&query.with_ip(a.ip()));
+                    let v = rules.check_resolved(by_name, &query.with_ip(a.ip()));
                     if v.blocked() {
                         blocked.get_or_insert((a.ip(), v.rule.to_string()));
                     }

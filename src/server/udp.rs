@@ -333,7 +333,8 @@ impl<N: Net> Association<N> {
             dest,
             port,
         };
-        if !rules.is_open() && self.blocked(rules.check(&query)) {
+        let by_name = rules.check(&query);
+        if !rules.is_open() && self.blocked(by_name) {
             return;
         }
         let dest = match &header.addr {
@@ -341,7 +342,8 @@ impl<N: Net> Association<N> {
             TargetAddr::Domain(host, port) => {
                 let d = self.resolve(ctx, host.clone(), *port).await;
                 if let Some(d) = d {
-                    if !rules.is_open() && self.blocked(rules.check(&query.with_ip(d.ip()))) {
+                    let v = rules.check_resolved(by_name, &query.with_ip(d.ip()));
+                    if !rules.is_open() && self.blocked(v) {
                         return;
                     }
                 }
