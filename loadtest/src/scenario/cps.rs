@@ -53,12 +53,7 @@ pub async fn slot(ctx: &Ctx, slot: usize, stats: &Shared) {
                     st.bytes_received += resp_len as u64;
                 }
             }
-            Err(f) => {
-                Live::add(&ctx.live.errors, 1);
-                if measured {
-                    stats.borrow_mut().fail(&f);
-                }
-            }
+            Err(f) => ctx.count_failure(stats, &f, measured),
         }
     }
 }

@@ -67,6 +67,32 @@ impl Ctx {
     pub fn measured(&self, started: Instant) -> bool {
         started >= self.measure_start
     }
+
+    /// Counts a failed step: always on the live counter, in the run's statistics only when
+    /// `measured`.
+    pub fn count_failure(&self, stats: &Shared, f: &Fail, measured: bool) {
+        Live::add(&self.live.errors, 1);
+        if measured {
+            stats.borrow_mut().fail(f);
+        }
+    }
+
+    /// The result of setting up a tunnel or an association begun at `t0`. Set-ups happen
+    /// mostly during the warmup, so a success's setup time is recorded regardless; a failure
+    /// is counted (see [`Ctx::count_failure`]) and `None` returned, for the caller to pause
+    /// and retry.
+    pub fn setup_done<T>(&self, stats: &Shared, t0: Instant, res: Result<T, Fail>) -> Option<T> {
+        match res {
+            Ok(t) => {
+                crate::stats::record(&mut stats.borrow_mut().handshake, t0.elapsed());
+                Some(t)
+            }
+            Err(f) => {
+                self.count_failure(stats, &f, self.measured(t0));
+                None
+            }
+        }
+    }
 }
 
 /// The end-of-run signal: a flag for cheap polling plus a channel to await.

@@ -16,22 +16,11 @@ pub async fn slot(ctx: &Ctx, slot: usize, stats: &Shared) {
         let Some(res) = bounded(ctx, open_tunnel(&ctx.proxy, &ctx.dest)).await else {
             break;
         };
-        let mut s = match res {
-            Ok(s) => {
-                // Tunnels are mostly opened during the warmup: record their setup regardless.
-                record(&mut stats.borrow_mut().handshake, t0.elapsed());
-                s
-            }
-            Err(f) => {
-                Live::add(&ctx.live.errors, 1);
-                if ctx.measured(t0) {
-                    stats.borrow_mut().fail(&f);
-                }
-                // Do not spin on a proxy that refuses: retry after a short pause.
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(10)) => continue,
-                    _ = ctx.stop.wait() => break,
-                }
+        let Some(mut s) = ctx.setup_done(stats, t0, res) else {
+            // Do not spin on a proxy that refuses: retry after a short pause.
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(10)) => continue,
+                _ = ctx.stop.wait() => break,
             }
         };
         loop {
@@ -56,10 +45,7 @@ pub async fn slot(ctx: &Ctx, slot: usize, stats: &Shared) {
                     }
                 }
                 Err(f) => {
-                    Live::add(&ctx.live.errors, 1);
-                    if measured {
-                        stats.borrow_mut().fail(&f);
-                    }
+                    ctx.count_failure(stats, &f, measured);
                     break;
                 }
             }

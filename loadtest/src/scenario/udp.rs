@@ -77,21 +77,10 @@ pub async fn slot(ctx: &Ctx, slot: usize, stats: &Shared) {
             r = tokio::time::timeout(ctx.timeout, associate(ctx)) => r.unwrap_or(Err(Fail::Timeout)),
             _ = ctx.stop.wait() => return,
         };
-        let a = match res {
-            Ok(a) => {
-                // Associations are mostly set up during the warmup: record them regardless.
-                record(&mut stats.borrow_mut().handshake, t0.elapsed());
-                a
-            }
-            Err(f) => {
-                Live::add(&ctx.live.errors, 1);
-                if ctx.measured(t0) {
-                    stats.borrow_mut().fail(&f);
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
-                    _ = ctx.stop.wait() => return,
-                }
+        let Some(a) = ctx.setup_done(stats, t0, res) else {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
+                _ = ctx.stop.wait() => return,
             }
         };
         let mut out = a.header.clone();
