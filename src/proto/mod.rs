@@ -9,6 +9,7 @@
 mod addr;
 mod error;
 mod handshake;
+pub mod proxy;
 pub mod rfc1929;
 pub mod socks4;
 pub mod socks5;
