@@ -1,12 +1,17 @@
 //! The user table for RFC 1929 username/password authentication.
 //!
-//! Loaded once at start-up and shared read-only by every worker (an `Arc`, no lock). Password
-//! checks run in constant time with respect to the password bytes, and an unknown user costs
-//! the same comparison as a known one, so timing reveals neither.
+//! Loaded at start-up (and on SIGHUP) and shared read-only by every worker (no lock). A
+//! password is given in plaintext or as an argon2id hash (`ringsocks passwd` writes one).
+//! Plaintext checks run in constant time with respect to the password bytes; a hash is
+//! verified slowly ([`Check::Slow`]), off the worker thread, by the caller. An unknown user
+//! costs what a known one costs, so timing does not reveal which names exist.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
+use std::sync::{Arc, OnceLock};
+
+use crate::passwd::{self, PasswordHash};
 
 /// Why a user definition was rejected.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +28,14 @@ pub enum UsersError {
         /// Where the entry came from.
         origin: String,
     },
+    /// A password field that looks like a hash but is not a valid one.
+    #[error("{origin}: {source}")]
+    BadHash {
+        /// Where the entry came from.
+        origin: String,
+        /// What is wrong with it (never quotes it).
+        source: passwd::PasswdError,
+    },
     /// The users file could not be read.
     #[error("cannot read users file {path}: {source}")]
     Read {
@@ -33,10 +46,48 @@ pub enum UsersError {
     },
 }
 
+/// A user's password as configured.
+#[derive(Clone)]
+enum Secret {
+    Plain(Box<[u8]>),
+    Hashed(Arc<PasswordHash>),
+}
+
+/// The outcome of [`Users::check`].
+#[derive(Debug)]
+pub enum Check {
+    /// The password is right.
+    Ok,
+    /// It is wrong (or the user is unknown).
+    Failed,
+    /// Only a slow hash verification can tell: run `hash.verify(password)` off the worker
+    /// thread. For an unknown user this is a dummy hash that never matches.
+    Slow(Arc<PasswordHash>),
+}
+
 /// Usernames and their passwords. `Debug` never prints passwords.
 #[derive(Clone, Default)]
 pub struct Users {
-    table: HashMap<Box<[u8]>, Box<[u8]>>,
+    table: HashMap<Box<[u8]>, Secret>,
+    /// Whether any entry is hashed (unknown users then cost a dummy hash check).
+    hashed: bool,
+}
+
+/// A hash of a random password nobody knows, with the default parameters: what an unknown
+/// user is checked against, so that it costs as long as a known one.
+fn dummy_hash() -> Arc<PasswordHash> {
+    static DUMMY: OnceLock<Arc<PasswordHash>> = OnceLock::new();
+    DUMMY
+        .get_or_init(|| {
+            let mut secret = [0u8; 32];
+            argon2::password_hash::rand_core::RngCore::fill_bytes(
+                &mut argon2::password_hash::rand_core::OsRng,
+                &mut secret,
+            );
+            let phc = passwd::hash_password(&secret).expect("hashing a random password");
+            Arc::new(PasswordHash::parse(&phc).expect("a hash we just made"))
+        })
+        .clone()
 }
 
 impl Users {
@@ -65,13 +116,23 @@ impl Users {
                 origin: origin.to_owned(),
             });
         }
-        if name.len() > 255 || pass.len() > 255 {
+        // A hash may be longer than RFC 1929's 255 bytes; the password it stands for is not.
+        let secret = if passwd::is_hash(pass) {
+            let hash = PasswordHash::parse(pass).map_err(|source| UsersError::BadHash {
+                origin: origin.to_owned(),
+                source,
+            })?;
+            self.hashed = true;
+            Secret::Hashed(Arc::new(hash))
+        } else {
+            Secret::Plain(pass.as_bytes().into())
+        };
+        if name.len() > 255 || matches!(&secret, Secret::Plain(p) if p.len() > 255) {
             return Err(UsersError::TooLong {
                 origin: origin.to_owned(),
             });
         }
-        self.table
-            .insert(name.as_bytes().into(), pass.as_bytes().into());
+        self.table.insert(name.as_bytes().into(), secret);
         Ok(())
     }
 
@@ -92,16 +153,31 @@ impl Users {
         Ok(())
     }
 
-    /// Checks a username and password. Constant time in the password; an unknown user is
-    /// compared against a dummy so it takes as long as a wrong password.
-    pub fn verify(&self, username: &[u8], password: &[u8]) -> bool {
+    /// Checks a username and password as far as it can be checked at once: plaintext
+    /// entries in constant time in the password; hashed entries (and unknown users, when any
+    /// entry is hashed) need a slow verification by the caller.
+    pub fn check(&self, username: &[u8], password: &[u8]) -> Check {
         const DUMMY: &[u8] = &[0u8; 32];
         match self.table.get(username) {
-            Some(expected) => constant_time_eq(expected, password),
+            Some(Secret::Plain(expected)) => match constant_time_eq(expected, password) {
+                true => Check::Ok,
+                false => Check::Failed,
+            },
+            Some(Secret::Hashed(hash)) => Check::Slow(hash.clone()),
+            None if self.hashed => Check::Slow(dummy_hash()),
             None => {
                 let _ = constant_time_eq(DUMMY, password);
-                false
+                Check::Failed
             }
+        }
+    }
+
+    /// [`Users::check`] to the end, verifying a hash on this thread (slow for hashed users).
+    pub fn verify(&self, username: &[u8], password: &[u8]) -> bool {
+        match self.check(username, password) {
+            Check::Ok => true,
+            Check::Failed => false,
+            Check::Slow(hash) => hash.verify(password),
         }
     }
 }
@@ -120,7 +196,7 @@ impl fmt::Debug for Users {
 }
 
 /// Compares two byte strings in time that depends only on their lengths.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     // Fold over the longer length so a short guess does not return early; the length
     // difference is folded in too.
     let n = a.len().max(b.len());

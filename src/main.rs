@@ -29,6 +29,8 @@ enum Cmd {
         #[command(flatten)]
         args: ServeArgs,
     },
+    /// Hash a password (argon2id) and write USER's entry in a users file (or print it).
+    Passwd(ringsocks::passwd::PasswdArgs),
 }
 
 /// mimalloc v2's `mi_option_arena_eager_commit` (its `mi_option_t` enum; libmimalloc-sys does
@@ -62,6 +64,13 @@ fn main() -> ExitCode {
             args.config = Some(file);
             check_config(&args)
         }
+        Cmd::Passwd(args) => match ringsocks::passwd::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ringsocks passwd: {e}");
+                ExitCode::from(2)
+            }
+        },
     }
 }
 
