@@ -12,7 +12,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::auth::{Users, UsersError};
-use crate::rules::{AccessConfig, Rules};
+use crate::rules::{AccessConfig, Cidr, Rules};
+use crate::server::bandwidth::parse_rate;
 
 /// Default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:1080";
@@ -128,6 +129,26 @@ pub struct ServeArgs {
     /// Window for --max-auth-failures [default: 60s]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub auth_failure_window: Option<Duration>,
+    /// Bandwidth limit for each user, each way, in bytes/s (k, M, G = 10^3, 10^6, 10^9), shared
+    /// by all of that user's tunnels; 0 = none. Per-user values go in the file's
+    /// `[user_bandwidth]` table [default: 0]
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    pub bandwidth_per_user: Option<u64>,
+    /// Address to listen on for connections from a load balancer that start with a PROXY
+    /// protocol v1 or v2 header (repeatable); the header's client address drives rules,
+    /// limits and logs
+    #[arg(long, value_name = "ADDR")]
+    pub proxy_listen: Vec<SocketAddr>,
+    /// Networks allowed to connect to --proxy-listen addresses (repeatable; the balancers)
+    /// [default: loopback only]
+    #[arg(long, value_name = "CIDR")]
+    pub proxy_from: Vec<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9180)
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
+    /// After binding the listeners, drop privileges to this user (and its groups)
+    #[arg(long, value_name = "USER")]
+    pub setuid: Option<String>,
 }
 
 /// One `--udp-advertise` entry.
@@ -205,8 +226,34 @@ pub struct FileConfig {
     max_tunnels_per_user: Option<usize>,
     max_auth_failures: Option<u32>,
     auth_failure_window: Option<DurationValue>,
+    bandwidth_per_user: Option<RateValue>,
+    proxy_listen: Option<Vec<SocketAddr>>,
+    proxy_from: Option<Vec<String>>,
+    metrics: Option<SocketAddr>,
+    setuid: Option<String>,
     /// Access rules (`[access]`, `[[access.rule]]`).
     access: Option<AccessConfig>,
+    /// `[user_bandwidth]`: `alice = "1M"` (bytes/s each way; 0 exempts a user from the
+    /// default).
+    user_bandwidth: Option<std::collections::BTreeMap<String, RateValue>>,
+}
+
+/// A rate in the file: bytes per second as a number, or a string like "10M".
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(try_from = "toml::Value")]
+struct RateValue(u64);
+
+impl TryFrom<toml::Value> for RateValue {
+    type Error = String;
+    fn try_from(v: toml::Value) -> Result<Self, String> {
+        match v {
+            toml::Value::Integer(n) if n >= 0 => Ok(RateValue(n as u64)),
+            toml::Value::String(s) => parse_rate(&s).map(RateValue),
+            other => Err(format!(
+                "expected bytes per second like 1000000 or \"10M\", got {other}"
+            )),
+        }
+    }
 }
 
 /// A duration in the file: a number of seconds or a string with a unit.
@@ -277,6 +324,16 @@ pub struct Config {
     pub max_tunnels: (usize, usize, usize),
     /// Failed logins per client address and window before lockout (0 = none).
     pub max_auth_failures: (u32, Duration),
+    /// Bandwidth per user and direction in bytes/s: the default (0 = none) and overrides.
+    pub bandwidth: (u64, Vec<(String, u64)>),
+    /// PROXY protocol listen addresses.
+    pub proxy_listen: Vec<SocketAddr>,
+    /// Networks allowed to connect to the PROXY protocol listeners.
+    pub proxy_from: Vec<Cidr>,
+    /// Metrics listener.
+    pub metrics: Option<SocketAddr>,
+    /// User to switch to after binding.
+    pub setuid: Option<String>,
 }
 
 impl Config {
@@ -342,11 +399,35 @@ impl Config {
             args.listen.clone()
         } else {
             file.listen
+                .clone()
                 .unwrap_or_else(|| vec![DEFAULT_LISTEN.parse().expect("valid default")])
         };
-        if listen.is_empty() {
+        let proxy_listen = if !args.proxy_listen.is_empty() {
+            args.proxy_listen.clone()
+        } else {
+            file.proxy_listen.clone().unwrap_or_default()
+        };
+        // Only --proxy-listen given: no plain SOCKS listener unless asked for too.
+        let listen = if args.listen.is_empty() && file.listen.is_none() && !proxy_listen.is_empty()
+        {
+            Vec::new()
+        } else {
+            listen
+        };
+        if listen.is_empty() && proxy_listen.is_empty() {
             return Err(ConfigError::Invalid("no listen address".into()));
         }
+        let proxy_from = if !args.proxy_from.is_empty() {
+            args.proxy_from.clone()
+        } else {
+            file.proxy_from
+                .clone()
+                .unwrap_or_else(|| vec!["127.0.0.0/8".into(), "::1".into()])
+        };
+        let proxy_from = proxy_from
+            .iter()
+            .map(|c| Cidr::parse(c).map_err(|e| ConfigError::Invalid(format!("proxy_from: {e}"))))
+            .collect::<Result<Vec<_>, _>>()?;
 
         let mut users = Users::new();
         if let Some(map) = &file.users {
@@ -426,6 +507,16 @@ impl Config {
             Duration::from_secs(3600),
         );
 
+        let bandwidth = (
+            args.bandwidth_per_user
+                .or(file.bandwidth_per_user.map(|r| r.0))
+                .unwrap_or(0),
+            file.user_bandwidth
+                .iter()
+                .flatten()
+                .map(|(name, r)| (name.clone(), r.0))
+                .collect(),
+        );
         let config = Config {
             listen,
             threads,
@@ -479,6 +570,11 @@ impl Config {
                     Duration::from_secs(60),
                 ),
             ),
+            bandwidth,
+            proxy_listen,
+            proxy_from,
+            metrics: args.metrics.or(file.metrics),
+            setuid: args.setuid.clone().or(file.setuid),
         };
         config.check_open_proxy()?;
         Ok(config)
@@ -489,7 +585,13 @@ impl Config {
         if !self.users.is_empty() || self.allow_open {
             return Ok(());
         }
-        match self.listen.iter().find(|a| !is_loopback(a.ip())) {
+        // A PROXY listener's clients are whoever its header names: the same rule applies.
+        match self
+            .listen
+            .iter()
+            .chain(&self.proxy_listen)
+            .find(|a| !is_loopback(a.ip()))
+        {
             Some(a) => Err(ConfigError::OpenProxy(*a)),
             None => Ok(()),
         }
@@ -515,7 +617,7 @@ impl FileConfig {
     /// which may hold a password. Inside the `[users]` table the message is replaced too (it
     /// can quote the value).
     pub fn parse(text: &str) -> Result<FileConfig, String> {
-        toml::from_str(text).map_err(|e: toml::de::Error| {
+        let mut file: FileConfig = toml::from_str(text).map_err(|e: toml::de::Error| {
             let Some(span) = e.span() else {
                 return e.message().to_string();
             };
@@ -534,7 +636,11 @@ impl FileConfig {
                 e.message()
             };
             format!("line {line}, column {column}: {message}")
-        })
+        })?;
+        if let Some(access) = &mut file.access {
+            access.locate(text);
+        }
+        Ok(file)
     }
 }
 
@@ -711,5 +817,16 @@ mod tests {
         assert!(e.contains("line 2"), "{e}");
         let e = FileConfig::parse("handshake_timeout = \"x\"\n").unwrap_err();
         assert!(e.contains("invalid duration"), "{e}");
+    }
+
+    #[test]
+    fn rule_errors_name_the_rule_and_its_line() {
+        let text = "[access]\ndefault = \"block\"\n\n[[access.rule]]\naction = \"pass\"\n\n  [[ access.rule ]]\nname = \"bad\"\naction = \"block\"\ndest = [\"10.0.0.0/33\"]\n";
+        let file = FileConfig::parse(text).unwrap();
+        let e = Config::resolve(&ServeArgs::default(), file)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("access rule \"bad\" (line 7)"), "{e}");
+        assert!(e.contains("10.0.0.0/33"), "{e}");
     }
 }

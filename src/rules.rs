@@ -65,17 +65,21 @@ pub struct RuleConfig {
     /// Log every request this rule decides, at info level.
     #[serde(default)]
     pub log: bool,
+    /// The line of its `[[access.rule]]` header in the config file, for error messages.
+    #[serde(skip)]
+    pub line: Option<usize>,
 }
 
 /// A network in the IPv6 space (IPv4 as v4-mapped), so one comparison serves both.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Cidr {
+pub struct Cidr {
     net: u128,
     mask: u128,
 }
 
 impl Cidr {
-    fn parse(s: &str) -> Result<Cidr, String> {
+    /// Parses `10.0.0.0/8`, `2001:db8::/32` or a single address.
+    pub fn parse(s: &str) -> Result<Cidr, String> {
         let (addr, len) = match s.split_once('/') {
             Some((a, l)) => (a, Some(l)),
             None => (s, None),
@@ -111,6 +115,11 @@ impl Cidr {
 
     fn contains(&self, ip: u128) -> bool {
         ip & self.mask == self.net
+    }
+
+    /// Whether `ip` is in this network (an IPv4-mapped IPv6 address counts as IPv4).
+    pub fn contains_ip(&self, ip: IpAddr) -> bool {
+        self.contains(ip_bits(ip))
     }
 }
 
@@ -290,14 +299,37 @@ pub const EGRESS_BLOCKED: &[&str] = &[
     "fd00:ec2::254/128", // AWS metadata over IPv6 (inside fc00::/7; named for the log)
 ];
 
+impl AccessConfig {
+    /// Records each rule's line in `text` (the file it was parsed from), found by its
+    /// `[[access.rule]]` header; left unset if the rules were written another way.
+    pub fn locate(&mut self, text: &str) {
+        let headers: Vec<usize> = text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| {
+                let l: String = l.chars().filter(|c| !c.is_whitespace()).collect();
+                l.starts_with("[[access.rule]]")
+            })
+            .map(|(i, _)| i + 1)
+            .collect();
+        if headers.len() == self.rules.len() {
+            for (r, line) in self.rules.iter_mut().zip(headers) {
+                r.line = Some(line);
+            }
+        }
+    }
+}
+
 impl Rules {
     /// Compiles the `[access]` table. Errors name the rule and the bad value.
     pub fn compile(cfg: &AccessConfig) -> Result<Rules, String> {
         let mut rules = Vec::with_capacity(cfg.rules.len() + 1);
         for (i, r) in cfg.rules.iter().enumerate() {
             let name = r.name.clone().unwrap_or_else(|| format!("rule {}", i + 1));
+            let at = r.line.map(|l| format!(" (line {l})")).unwrap_or_default();
             rules.push(
-                compile_rule(r, name.clone()).map_err(|e| format!("access rule {name:?}: {e}"))?,
+                compile_rule(r, name.clone())
+                    .map_err(|e| format!("access rule {name:?}{at}: {e}"))?,
             );
         }
         match cfg.preset.as_deref() {
@@ -313,6 +345,7 @@ impl Rules {
                     dest: Some(dest),
                     port: None,
                     log: false,
+                    line: None,
                 };
                 rules.push(compile_rule(&preset, "egress preset".into())?);
             }

@@ -14,37 +14,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
 /// Starts the proxy with `toml` as its config file.
-fn proxy_with(toml: &str, args: &[&str]) -> (Proxy, tempfile_path::TempPath) {
-    let path = tempfile_path::write(toml);
+fn proxy_with(toml: &str, args: &[&str]) -> (Proxy, TempPath) {
+    let path = temp_file(toml);
     let mut all = vec!["--config", path.as_str()];
     all.extend_from_slice(args);
     (Proxy::start(&all), path)
-}
-
-mod tempfile_path {
-    /// A file removed on drop.
-    pub struct TempPath(String);
-    impl TempPath {
-        pub fn as_str(&self) -> &str {
-            &self.0
-        }
-    }
-    impl Drop for TempPath {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_file(&self.0);
-        }
-    }
-    pub fn write(text: &str) -> TempPath {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "ringsocks-rules-{}-{}.toml",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::write(&p, text).unwrap();
-        TempPath(p.display().to_string())
-    }
 }
 
 async fn connect_code(proxy: &Proxy, target: TargetAddr, creds: Option<(&str, &str)>) -> ReplyCode {
@@ -237,9 +211,8 @@ async fn udp_datagrams_are_checked_one_by_one() {
 
 #[test]
 fn bad_rules_stop_the_start_with_a_clear_error() {
-    let path = tempfile_path::write(
-        "[access]\n[[access.rule]]\naction = \"block\"\ndest = [\"10.0.0.0/40\"]\n",
-    );
+    let path =
+        temp_file("[access]\n[[access.rule]]\naction = \"block\"\ndest = [\"10.0.0.0/40\"]\n");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringsocks"))
         .args([
             "serve",
@@ -261,14 +234,14 @@ fn bad_rules_stop_the_start_with_a_clear_error() {
 #[test]
 fn check_config_reports_errors_with_their_line() {
     let bin = env!("CARGO_BIN_EXE_ringsocks");
-    let good = tempfile_path::write("[access]\npreset = \"egress\"\n");
+    let good = temp_file("[access]\npreset = \"egress\"\n");
     let out = std::process::Command::new(bin)
         .args(["check-config", good.as_str()])
         .output()
         .unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("1 access rule(s)"));
-    let bad = tempfile_path::write("threads = 2\n\nbacklog = \"deep\"\n");
+    let bad = temp_file("threads = 2\n\nbacklog = \"deep\"\n");
     let out = std::process::Command::new(bin)
         .args(["check-config", bad.as_str()])
         .output()

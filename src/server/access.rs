@@ -1,7 +1,10 @@
-//! What SIGHUP reloads: users and access rules, as one immutable snapshot. Each worker holds
+//! What SIGHUP reloads: users, access rules and bandwidth limits, as one immutable snapshot. Each worker holds
 //! the current snapshot; a session takes it once when it starts and keeps it to its end, so a
 //! reload applies to new sessions and never changes a live tunnel's rules halfway.
 
+use std::sync::Arc;
+
+use super::bandwidth::Bandwidth;
 use crate::auth::Users;
 use crate::config::Config;
 use crate::proto::AuthPolicy;
@@ -16,6 +19,8 @@ pub struct Access {
     pub rules: Rules,
     /// What the handshake accepts.
     pub auth: AuthPolicy,
+    /// Per-user bandwidth limits.
+    pub bandwidth: Arc<Bandwidth>,
 }
 
 impl Access {
@@ -28,6 +33,7 @@ impl Access {
                 password_required: !config.users.is_empty(),
                 allow_socks4: config.allow_socks4,
             },
+            bandwidth: Arc::new(Bandwidth::new(config.bandwidth.0, &config.bandwidth.1)),
         }
     }
 }

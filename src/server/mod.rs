@@ -2,17 +2,22 @@
 //! worker per core, and graceful shutdown on SIGINT/SIGTERM.
 
 pub mod access;
+pub mod activation;
+pub mod bandwidth;
 pub mod bind;
 pub mod connect;
 pub mod limits;
 pub mod listener;
+pub mod metrics;
 pub mod net;
 pub mod pool;
+pub mod privileges;
 pub mod relay;
 pub mod resolve;
 pub mod session;
 pub mod tunnels;
 pub mod udp;
+pub mod verify;
 pub mod worker;
 
 use std::io;
@@ -58,6 +63,15 @@ pub enum ServerError {
     /// The signal handler could not be set up.
     #[error("cannot install signal handlers: {0}")]
     Signals(io::Error),
+    /// The sockets systemd passed cannot be used.
+    #[error("socket activation: {0}")]
+    Activation(#[from] activation::ActivationError),
+    /// The metrics listener could not be started.
+    #[error("cannot serve metrics: {0}")]
+    Metrics(io::Error),
+    /// `--setuid` failed.
+    #[error(transparent)]
+    Privileges(#[from] privileges::PrivilegeError),
 }
 
 /// Picks the runtime, logging why when io_uring cannot be used.
@@ -86,10 +100,13 @@ pub type Reload = Box<dyn Fn() -> Result<Config, String> + Send>;
 /// every worker at once, for sessions that start from then on; a configuration that does not
 /// load is rejected with a log line and the old one stays.
 pub fn run(config: Config, reload: Option<Reload>) -> Result<(), ServerError> {
+    // Before any other thread reads the environment: the variables are removed.
+    let activated = activation::take()?;
+    let registry = Arc::new(metrics::Registry::new(config.threads, info_labels(&config)));
     let (tx, rx) = watch::channel(false);
     let (access_tx, access_rx) = watch::channel(Arc::new(Access::from_config(&config)));
-    let signals = spawn_signal_thread(tx, access_tx, reload)?;
-    let result = serve(config, rx, access_rx, |addrs| {
+    let signals = spawn_signal_thread(tx, access_tx, reload, registry.clone())?;
+    let result = serve(config, activated, registry, rx, access_rx, |addrs| {
         for a in addrs {
             info!("listening on {a}");
         }
@@ -98,10 +115,62 @@ pub fn run(config: Config, reload: Option<Reload>) -> Result<(), ServerError> {
     result
 }
 
+/// Facts for the `ringsocks_info` metric.
+fn info_labels(config: &Config) -> Vec<(&'static str, String)> {
+    vec![
+        ("version", env!("CARGO_PKG_VERSION").to_owned()),
+        (
+            "relay",
+            format!("{:?}", worker::relay_mode(config.relay)).to_lowercase(),
+        ),
+        ("threads", config.threads.to_string()),
+    ]
+}
+
+/// Binds every worker's listeners: one SO_REUSEPORT socket per worker and address, or the
+/// sockets systemd passed (shared by all workers).
+fn listeners(
+    config: &Config,
+    activated: Option<Vec<activation::Activated>>,
+) -> io::Result<Vec<Vec<worker::Listener>>> {
+    let threads = config.threads;
+    let mut per_worker: Vec<Vec<worker::Listener>> = (0..threads).map(|_| Vec::new()).collect();
+    if let Some(sockets) = activated {
+        if !config.listen.is_empty() || !config.proxy_listen.is_empty() {
+            info!("socket activation: using the {} socket(s) systemd passed instead of the configured listen addresses", sockets.len());
+        }
+        for a in sockets {
+            let proxy_protocol = a.proxy_protocol();
+            for list in per_worker.iter_mut() {
+                list.push(worker::Listener {
+                    socket: a.socket.try_clone()?,
+                    proxy_protocol,
+                    shared: true,
+                });
+            }
+        }
+        return Ok(per_worker);
+    }
+    let defer = defer_secs(config);
+    for (addrs, proxy_protocol) in [(&config.listen, false), (&config.proxy_listen, true)] {
+        let bound = listener::bind_all(addrs, threads, config.backlog, defer)?;
+        for (list, sockets) in per_worker.iter_mut().zip(bound) {
+            list.extend(sockets.into_iter().map(|socket| worker::Listener {
+                socket,
+                proxy_protocol,
+                shared: false,
+            }));
+        }
+    }
+    Ok(per_worker)
+}
+
 /// Starts the workers and blocks until `shutdown` flips to true and they have drained.
 /// `on_ready` is called with the bound addresses (useful when a port was 0).
 pub fn serve(
     config: Config,
+    activated: Option<Vec<activation::Activated>>,
+    registry: Arc<metrics::Registry>,
     shutdown: watch::Receiver<bool>,
     access: watch::Receiver<Arc<Access>>,
     on_ready: impl FnOnce(&[std::net::SocketAddr]),
@@ -109,13 +178,28 @@ pub fn serve(
     let nofile = raise_nofile_limit();
     let kind = choose_runtime(config.runtime)?;
     let threads = config.threads;
-    let per_worker =
-        listener::bind_all(&config.listen, threads, config.backlog, defer_secs(&config))
-            .map_err(ServerError::Listen)?;
+    let per_worker = listeners(&config, activated).map_err(ServerError::Listen)?;
     let bound: Vec<_> = per_worker[0]
         .iter()
-        .filter_map(|l| l.local_addr().ok())
+        .filter_map(|l| l.socket.local_addr().ok())
         .collect();
+    for l in &per_worker[0] {
+        if l.proxy_protocol {
+            if let Ok(a) = l.socket.local_addr() {
+                info!("{a}: connections must start with a PROXY protocol v1/v2 header");
+            }
+        }
+    }
+    if let Some(addr) = config.metrics {
+        let l = metrics::bind(addr).map_err(ServerError::Metrics)?;
+        metrics::spawn(l, registry.clone()).map_err(ServerError::Metrics)?;
+    }
+    // Everything privileged is done: listeners (including ports below 1024) and the
+    // descriptor limit.
+    if let Some(user) = &config.setuid {
+        let (uid, gid) = privileges::drop_to(user)?;
+        info!(uid, gid, "running as {user}");
+    }
     let relay = worker::relay_mode(config.relay);
     info!(
         runtime = ?kind,
@@ -140,16 +224,20 @@ pub fn serve(
     let (max_failures, window) = config.max_auth_failures;
     let logins = Arc::new(crate::auth::LoginThrottle::new(max_failures, window));
     let config = Arc::new(config);
+    let shared = worker::Shared {
+        config: config.clone(),
+        limits,
+        logins,
+        metrics: registry,
+        access,
+        shutdown: shutdown.clone(),
+    };
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let (done_tx, done_rx) = mpsc::channel::<(usize, usize)>();
     let mut handles = Vec::with_capacity(threads);
     for (id, listeners) in per_worker.into_iter().enumerate() {
         let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
-        let config = config.clone();
-        let limits = limits.clone();
-        let logins = logins.clone();
-        let access = access.clone();
-        let shutdown = shutdown.clone();
+        let shared = shared.clone();
         let done_tx = done_tx.clone();
         let h = std::thread::Builder::new()
             .name(format!("ringsocks-w{id}"))
@@ -163,14 +251,12 @@ pub fn serve(
                     RuntimeKind::Uring => net::uring::block_on(
                         SQ_ENTRIES,
                         CQ_ENTRIES,
-                        worker::run::<net::uring::Uring>(
-                            id, config, limits, logins, access, listeners, shutdown,
-                        ),
+                        worker::run::<net::uring::Uring>(id, shared, listeners),
                     )
                     .and_then(|r| r),
-                    RuntimeKind::Epoll => epoll_block_on(worker::run::<net::epoll::Epoll>(
-                        id, config, limits, logins, access, listeners, shutdown,
-                    )),
+                    RuntimeKind::Epoll => {
+                        epoll_block_on(worker::run::<net::epoll::Epoll>(id, shared, listeners))
+                    }
                 };
                 let left = match result {
                     Ok(left) => left,
@@ -185,6 +271,7 @@ pub fn serve(
         handles.push(h);
     }
     drop(done_tx);
+    drop(shared);
     on_ready(&bound);
 
     // Wait for every worker to report, then join them. A worker only returns after shutdown
@@ -245,6 +332,7 @@ fn spawn_signal_thread(
     tx: watch::Sender<bool>,
     access: watch::Sender<Arc<Access>>,
     reload: Option<Reload>,
+    registry: Arc<metrics::Registry>,
 ) -> Result<std::thread::JoinHandle<()>, ServerError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -269,7 +357,12 @@ fn spawn_signal_thread(
                     tokio::select! {
                         _ = int.recv() => { info!("SIGINT: stopping"); break }
                         _ = term.recv() => { info!("SIGTERM: stopping"); break }
-                        _ = hup.recv() => reload_access(reload.as_deref(), &access),
+                        _ = hup.recv() => {
+                            let ok = reload_access(reload.as_deref(), &access);
+                            let p = &registry.process;
+                            let c = if ok { &p.reloads_ok } else { &p.reloads_failed };
+                            c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
                     }
                 }
             });
@@ -282,10 +375,10 @@ fn spawn_signal_thread(
 fn reload_access(
     reload: Option<&(dyn Fn() -> Result<Config, String> + Send)>,
     access: &watch::Sender<Arc<Access>>,
-) {
+) -> bool {
     let Some(reload) = reload else {
         warn!("SIGHUP: nothing to reload");
-        return;
+        return false;
     };
     match reload() {
         Ok(config) => {
@@ -296,8 +389,12 @@ fn reload_access(
                 "SIGHUP: users and access rules reloaded; they apply to new sessions (other settings need a restart)"
             );
             access.send_replace(Arc::new(new));
+            true
         }
-        Err(e) => error!("SIGHUP: configuration rejected, keeping the current one: {e}"),
+        Err(e) => {
+            error!("SIGHUP: configuration rejected, keeping the current one: {e}");
+            false
+        }
     }
 }
 

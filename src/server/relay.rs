@@ -24,6 +24,8 @@ use std::cell::Cell;
 use std::io;
 use std::net::Shutdown;
 
+use super::bandwidth::Bucket;
+use super::metrics::Counter;
 use super::net::{write_ready, Stream};
 use super::pool::Pools;
 
@@ -77,17 +79,27 @@ pub struct RelayStats {
     pub error: Option<(Side, io::Error)>,
 }
 
+/// What a tunnel's bytes are counted by and paced by.
+pub struct Meter<'a> {
+    /// Called whenever bytes move (the idle sweep's clock).
+    pub touch: &'a dyn Fn(),
+    /// Client to target: the worker's byte counter and the user's bandwidth bucket, if any.
+    pub up: (&'a Counter, Option<&'a Bucket>),
+    /// Target to client.
+    pub down: (&'a Counter, Option<&'a Bucket>),
+}
+
 /// Relays between `client` and `target` until both directions end. `pending` holds bytes
 /// already read from the client (pipelined after its request); they go to the target first.
-/// `touch` is called whenever bytes move.
 pub async fn relay<S: Stream>(
     client: &S,
     target: &S,
     pending: Vec<u8>,
     pools: &Pools,
     mode: Mode,
-    touch: &dyn Fn(),
+    meter: &Meter<'_>,
 ) -> RelayStats {
+    let touch = meter.touch;
     let up = Cell::new(0u64);
     let down = Cell::new(0u64);
     let first_error: Cell<Option<(Side, io::Error)>> = Cell::new(None);
@@ -111,6 +123,8 @@ pub async fn relay<S: Stream>(
         to: target,
         from_side: Side::Client,
         bytes: &up,
+        counter: meter.up.0,
+        bucket: meter.up.1,
         touch,
         error: &first_error,
         pools,
@@ -120,6 +134,8 @@ pub async fn relay<S: Stream>(
         to: client,
         from_side: Side::Target,
         bytes: &down,
+        counter: meter.down.0,
+        bucket: meter.down.1,
         touch,
         error: &first_error,
         pools,
@@ -138,6 +154,8 @@ struct Direction<'a, S> {
     to: &'a S,
     from_side: Side,
     bytes: &'a Cell<u64>,
+    counter: &'a Counter,
+    bucket: Option<&'a Bucket>,
     touch: &'a dyn Fn(),
     error: &'a Cell<Option<(Side, io::Error)>>,
     pools: &'a Pools,
@@ -161,7 +179,7 @@ impl<S: Stream> Direction<'_, S> {
             if let Err(e) = Box::pin(write_ready(self.to, &pending)).await {
                 return self.fail(self.from_side.other(), e);
             }
-            self.count(pending.len() as u64);
+            self.count(pending.len() as u64).await;
         } else {
             drop(pending);
         }
@@ -212,7 +230,7 @@ impl<S: Stream> Direction<'_, S> {
                     if let Err(e) = w {
                         return End::Failed(self.from_side.other(), e);
                     }
-                    self.count(n as u64);
+                    self.count(n as u64).await;
                     if adaptive && large {
                         return End::Switch;
                     }
@@ -251,7 +269,8 @@ impl<S: Stream> Direction<'_, S> {
                     }
                 }
             };
-            let n = match self.from.try_splice_in(&pipe, pipes.size()) {
+            let chunk = self.bucket.map_or(usize::MAX, Bucket::chunk);
+            let n = match self.from.try_splice_in(&pipe, pipes.size().min(chunk)) {
                 Ok(0) => {
                     pipes.give(pipe);
                     return End::Eof;
@@ -294,7 +313,7 @@ impl<S: Stream> Direction<'_, S> {
                 }
             }
             pipes.give(pipe);
-            self.count(n as u64);
+            self.count(n as u64).await;
             if adaptive && n < self.pools.small.size() {
                 return End::Switch;
             }
@@ -310,7 +329,7 @@ impl<S: Stream> Direction<'_, S> {
             Ok(0) => Ok(false),
             Ok(n) => match write_ready(self.to, &buf).await {
                 Ok(()) => {
-                    self.count(n as u64);
+                    self.count(n as u64).await;
                     Ok(true)
                 }
                 Err(e) => Err(End::Failed(self.from_side.other(), e)),
@@ -344,9 +363,19 @@ impl<S: Stream> Direction<'_, S> {
             .map_err(|e| End::Failed(self.from_side, e))
     }
 
-    fn count(&self, n: u64) {
+    /// Counts `n` bytes moved; for a user with a bandwidth limit, waits until the user's
+    /// bucket allows more.
+    async fn count(&self, n: u64) {
         self.bytes.set(self.bytes.get() + n);
+        self.counter.add(n);
         (self.touch)();
+        if let Some(bucket) = self.bucket {
+            let wait = bucket.charge(n as usize);
+            if !wait.is_zero() {
+                // Boxed: unlimited tunnels should not carry a timer in their state.
+                Box::pin(tokio::time::sleep(wait)).await;
+            }
+        }
     }
 
     /// Records the first error and aborts both sockets: the other direction ends too, and both

@@ -9,12 +9,16 @@ use std::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::access::Access;
+use super::bandwidth::UserBandwidth;
 use super::bind;
 use super::connect::happy_eyeballs;
+use super::metrics::WorkerMetrics;
 use super::net::{send_all, Net, Stream};
-use super::relay::{relay, Side};
+use super::relay::{relay, Meter, Side};
 use super::udp::{Association, UdpStats};
 use super::worker::WorkerCtx;
+use crate::auth::Check;
+use crate::proto::proxy::{self, ProxyError, ProxyHeader};
 use crate::proto::{Command, Event, Handshake, ProtoError, ReplyCode, Request, TargetAddr};
 use crate::rules::{Query, Rules};
 use std::sync::Arc;
@@ -38,10 +42,37 @@ enum SessionError {
     /// The client did not finish the handshake in time.
     #[error("handshake timed out")]
     HandshakeTimeout,
+    /// A PROXY protocol listener got no valid header.
+    #[error("PROXY protocol header: {0}")]
+    ProxyHeader(#[from] ProxyError),
+    /// A PROXY protocol listener was reached from outside `--proxy-from`.
+    #[error("PROXY protocol listener reached from an address outside --proxy-from")]
+    UntrustedBalancer,
+}
+
+impl SessionError {
+    /// Label for the handshake failure metric.
+    fn reason(&self) -> &'static str {
+        match self {
+            SessionError::Proto(p) => p.as_str(),
+            SessionError::ClientClosed => "client-closed",
+            SessionError::ClientIo(_) => "client-io",
+            SessionError::HandshakeTimeout => "timeout",
+            SessionError::ProxyHeader(_) => "proxy-header",
+            SessionError::UntrustedBalancer => "proxy-untrusted",
+        }
+    }
 }
 
 /// Runs one session to completion. Never panics on peer input; errors end up in the log.
-pub async fn run<N: Net>(ctx: Rc<WorkerCtx>, client: N::Stream, peer: SocketAddr) {
+/// On a PROXY protocol listener (`proxy_protocol`), the connection starts with a header
+/// naming the real client, which from then on is `peer` for rules, limits and logs.
+pub async fn run<N: Net>(
+    ctx: Rc<WorkerCtx>,
+    client: N::Stream,
+    mut peer: SocketAddr,
+    proxy_protocol: bool,
+) {
     let _active = ctx.enter();
     // Users and rules as they are now: a reload applies to sessions that start after it.
     let access = ctx.access();
@@ -49,23 +80,26 @@ pub async fn run<N: Net>(ctx: Rc<WorkerCtx>, client: N::Stream, peer: SocketAddr
     let timeout = ctx.config.handshake_timeout;
     // The handshake and the connect are boxed: their state is freed once they are done, so a
     // long-lived tunnel's task holds only what the relay needs.
-    let hs = Box::pin(tokio::time::timeout(
-        timeout,
-        handshake(&ctx, &access, &client, peer),
-    ))
+    let hs = Box::pin(tokio::time::timeout(timeout, async {
+        let mut initial = Vec::with_capacity(HANDSHAKE_BUF);
+        if proxy_protocol {
+            peer = proxy_header(&ctx, &client, peer, &mut initial).await?;
+        }
+        handshake(&ctx, &access, &client, peer, initial).await
+    }))
     .await;
     let done = match hs {
         Ok(Ok(done)) => done,
         Ok(Err(e)) => {
             // The reply the error deserves was already written by `handshake`.
-            log_handshake_failure(peer, &e);
+            log_handshake_failure(&ctx, peer, &e);
             client.shutdown(Shutdown::Both);
             return;
         }
         Err(_) => {
             // Shut the socket down before the read future is dropped: a pending io_uring
             // read would otherwise keep the descriptor open.
-            log_handshake_failure(peer, &SessionError::HandshakeTimeout);
+            log_handshake_failure(&ctx, peer, &SessionError::HandshakeTimeout);
             client.shutdown(Shutdown::Both);
             return;
         }
@@ -84,6 +118,7 @@ pub async fn run<N: Net>(ctx: Rc<WorkerCtx>, client: N::Stream, peer: SocketAddr
         user: user.as_deref().or(request.userid.as_deref()),
         request: &request,
         started,
+        metrics: &ctx.metrics,
     };
 
     // Access rules: the request as given (a name is checked again per address once resolved).
@@ -97,6 +132,7 @@ pub async fn run<N: Net>(ctx: Rc<WorkerCtx>, client: N::Stream, peer: SocketAddr
     let query = Query::for_target(peer.ip(), rule_user, request.command, &request.target);
     let verdict = access.rules.check(&query);
     if verdict.blocked() {
+        ctx.metrics.rule_blocked(verdict.rule);
         let why = format!("blocked by access rule {:?}", verdict.rule);
         return refuse(&client, &hs, out, &log, ReplyCode::NotAllowed, &why).await;
     }
@@ -118,17 +154,27 @@ pub async fn run<N: Net>(ctx: Rc<WorkerCtx>, client: N::Stream, peer: SocketAddr
             let who = (rule_user, access.clone());
             return associate::<N>(&ctx, &client, peer, who, &hs, out, &log).await;
         }
-        Command::Bind => return bind::<N>(&ctx, client, &hs, out, &log, buf, consumed).await,
+        Command::Bind => {
+            let bandwidth = rule_user.and_then(|u| access.bandwidth.for_user(u));
+            let tap = Tap {
+                bandwidth: bandwidth.as_deref(),
+            };
+            return bind::<N>(&ctx, client, &hs, out, &log, (buf, consumed), tap).await;
+        }
     }
 
     let connect_timeout = ctx.config.connect_timeout;
+    let connect_started = Instant::now();
     let connected = Box::pin(tokio::time::timeout(
         connect_timeout,
         connect::<N>(&ctx, &access.rules, &request.target, &query),
     ))
     .await;
     let (target, target_addr) = match connected {
-        Ok(Ok(c)) => c,
+        Ok(Ok(c)) => {
+            ctx.metrics.connect_latency(connect_started.elapsed());
+            c
+        }
         Ok(Err(e)) => {
             let code = ReplyCode::from_io_error(&e);
             return refuse(&client, &hs, out, &log, code, &e.to_string()).await;
@@ -152,7 +198,62 @@ pub async fn run<N: Net>(ctx: Rc<WorkerCtx>, client: N::Stream, peer: SocketAddr
 
     // Bytes the client pipelined after its request go to the target first.
     buf.drain(..consumed);
-    run_relay(&ctx, &client, &target, buf, &log, target_addr).await;
+    let _tunnel = ctx.metrics.tunnel(Command::Connect);
+    let bandwidth = rule_user.and_then(|u| access.bandwidth.for_user(u));
+    let tap = Tap {
+        bandwidth: bandwidth.as_deref(),
+    };
+    run_relay(&ctx, &client, &target, buf, &log, target_addr, tap).await;
+}
+
+/// Reads the PROXY protocol header a balancer sends first; returns the client it names (or
+/// `peer` itself for a LOCAL header: the balancer's own health check). Bytes after the
+/// header are left in `rest` for the handshake.
+async fn proxy_header<S: Stream>(
+    ctx: &WorkerCtx,
+    client: &S,
+    peer: SocketAddr,
+    rest: &mut Vec<u8>,
+) -> Result<SocketAddr, SessionError> {
+    if !ctx
+        .config
+        .proxy_from
+        .iter()
+        .any(|c| c.contains_ip(peer.ip()))
+    {
+        ctx.metrics.proxy_header_failed("untrusted_source");
+        return Err(SessionError::UntrustedBalancer);
+    }
+    let mut buf = std::mem::take(rest);
+    buf.reserve(proxy::MAX_HEADER_LEN.saturating_sub(buf.capacity()));
+    loop {
+        match proxy::parse(&buf) {
+            Ok(Some((header, n))) => {
+                buf.drain(..n);
+                *rest = buf;
+                return Ok(match header {
+                    ProxyHeader::Local => peer,
+                    ProxyHeader::Proxied { source, .. } => source,
+                });
+            }
+            Ok(None) => {}
+            Err(e) => {
+                ctx.metrics.proxy_header_failed(e.as_str());
+                return Err(e.into());
+            }
+        }
+        // Whatever arrives after the header is the start of the SOCKS handshake, kept in order.
+        let (r, b) = client.read(buf).await;
+        buf = b;
+        match r {
+            Ok(0) => return Err(SessionError::ClientClosed),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
+                return Err(SessionError::ClientClosed)
+            }
+            Err(e) => return Err(SessionError::ClientIo(e)),
+        }
+    }
 }
 
 /// Relays an established tunnel and logs it. The relay leaves both sockets shut down (FIN
@@ -165,10 +266,16 @@ async fn run_relay<S: Stream>(
     pending: Vec<u8>,
     log: &AccessLog<'_>,
     via: SocketAddr,
+    tap: Tap<'_>,
 ) {
     let registration = ctx.tunnels.register(client.raw_fd(), target.raw_fd());
     let touch = || registration.touch();
-    let stats = relay(client, target, pending, &ctx.pools, ctx.relay, &touch).await;
+    let meter = Meter {
+        touch: &touch,
+        up: (&ctx.metrics.bytes_up, tap.bandwidth.map(|b| &b.up)),
+        down: (&ctx.metrics.bytes_down, tap.bandwidth.map(|b| &b.down)),
+    };
+    let stats = relay(client, target, pending, &ctx.pools, ctx.relay, &meter).await;
     let idle_fired = registration.idle_fired();
     drop(registration);
     let err = stats.error.as_ref().map(|(s, e)| (*s, e));
@@ -200,6 +307,7 @@ async fn associate<N: Net>(
         client.shutdown(Shutdown::Both);
         return;
     }
+    let _tunnel = ctx.metrics.tunnel(Command::UdpAssociate);
     let relay_at = assoc.advertised();
     let stats = assoc.run(ctx, client).await;
     client.shutdown(Shutdown::Both);
@@ -214,8 +322,8 @@ async fn bind<N: Net>(
     hs: &Handshake,
     mut out: Vec<u8>,
     log: &AccessLog<'_>,
-    mut buf: Vec<u8>,
-    consumed: usize,
+    (mut buf, consumed): (Vec<u8>, usize),
+    tap: Tap<'_>,
 ) {
     let control_local = match client.local_addr() {
         Ok(a) => a,
@@ -251,7 +359,8 @@ async fn bind<N: Net>(
         return;
     }
     buf.drain(..consumed);
-    run_relay(ctx, &client, &inbound, buf, log, from).await;
+    let _tunnel = ctx.metrics.tunnel(Command::Bind);
+    run_relay(ctx, &client, &inbound, buf, log, from, tap).await;
 }
 
 /// Answers a request with a failure reply, closes the client and logs the refusal.
@@ -286,9 +395,9 @@ async fn handshake<S: Stream>(
     access: &Access,
     client: &S,
     peer: SocketAddr,
+    mut buf: Vec<u8>,
 ) -> Result<Handshaken, SessionError> {
     let mut hs = Handshake::new(access.auth);
-    let mut buf = Vec::with_capacity(HANDSHAKE_BUF);
     let mut out = Vec::with_capacity(32);
     let mut consumed = 0;
     let mut user = None;
@@ -319,12 +428,21 @@ async fn handshake<S: Stream>(
                 let now = Instant::now();
                 let ok = if ctx.logins.locked(peer.ip(), now) {
                     // Too many failures from this address: refused without a password check.
+                    ctx.metrics.auth_failures.add(1);
                     debug!(client = %peer, user = %name, "login refused: too many failed logins");
                     false
                 } else {
                     let ok = access.users.is_empty()
-                        || access.users.verify(creds.username, creds.password);
+                        || match access.users.check(creds.username, creds.password) {
+                            Check::Ok => true,
+                            Check::Failed => false,
+                            Check::Slow(hash) => {
+                                let (u, p) = (creds.username, creds.password);
+                                ctx.verifier.verify(u, p, hash).await
+                            }
+                        };
                     if !ok {
+                        ctx.metrics.auth_failures.add(1);
                         warn!(client = %peer, user = %name, "authentication failed");
                         if ctx.logins.failed(peer.ip(), now) {
                             let (max, window) = ctx.config.max_auth_failures;
@@ -397,6 +515,7 @@ async fn connect<N: Net>(
                     !v.blocked()
                 });
                 if let (true, Some((ip, rule))) = (addrs.is_empty(), blocked) {
+                    ctx.metrics.rule_blocked(&rule);
                     return Err(io::Error::new(
                         io::ErrorKind::PermissionDenied,
                         format!("blocked by access rule {rule:?}: {host} resolves to {ip}"),
@@ -408,7 +527,8 @@ async fn connect<N: Net>(
     }
 }
 
-fn log_handshake_failure(peer: SocketAddr, e: &SessionError) {
+fn log_handshake_failure(ctx: &WorkerCtx, peer: SocketAddr, e: &SessionError) {
+    ctx.metrics.handshake_failed(e.reason());
     match e {
         SessionError::ClientClosed => debug!(client = %peer, "handshake: {e}"),
         SessionError::Proto(p) => {
@@ -424,10 +544,18 @@ struct AccessLog<'a> {
     user: Option<&'a str>,
     request: &'a Request,
     started: Instant,
+    metrics: &'a WorkerMetrics,
+}
+
+/// What a tunnel's relay is metered by besides the worker's byte counters.
+struct Tap<'a> {
+    /// The user's bandwidth limit, if any.
+    bandwidth: Option<&'a UserBandwidth>,
 }
 
 impl AccessLog<'_> {
     fn refused(&self, code: ReplyCode, why: &str) {
+        self.metrics.refused(code.as_str());
         info!(
             target: "access",
             client = %self.peer,

@@ -34,6 +34,7 @@ use tracing::{debug, info};
 use std::sync::Arc;
 
 use super::access::Access;
+use super::metrics::Counter;
 use super::net::{shutdown_fd, Datagram, Net, Stream};
 use super::worker::WorkerCtx;
 use crate::proto::udp::{ip_header_len, parse_header, write_ip_header, MAX_IP_HEADER};
@@ -360,6 +361,7 @@ impl<N: Net> Association<N> {
                 let mut s = self.stats.borrow_mut();
                 s.up.0 += 1;
                 s.up.1 += payload.len() as u64;
+                ctx.metrics.bytes_up.add(payload.len() as u64);
                 touch();
             }
             Err(e) => self.send_failed(&e, payload.len(), "to a destination"),
@@ -376,7 +378,8 @@ impl<N: Net> Association<N> {
             buf.resize(MAX_IP_HEADER, 0);
             match self.outside.try_recv_from(&mut buf) {
                 Ok((n, from)) => {
-                    self.forward_down(&mut buf, n, from, touch).await;
+                    let counter = &ctx.metrics.bytes_down;
+                    self.forward_down(&mut buf, n, from, (touch, counter)).await;
                     pool.give(buf);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -398,7 +401,13 @@ impl<N: Net> Association<N> {
     }
 
     /// One datagram from a remote: wrap it with its source and send it to the client.
-    async fn forward_down(&self, buf: &mut [u8], n: usize, from: SocketAddr, touch: &dyn Fn()) {
+    async fn forward_down(
+        &self,
+        buf: &mut [u8],
+        n: usize,
+        from: SocketAddr,
+        (touch, counter): (&dyn Fn(), &Counter),
+    ) {
         if MAX_IP_HEADER + n > buf.len() {
             self.oversize(n, "from a remote");
             return;
@@ -420,6 +429,7 @@ impl<N: Net> Association<N> {
                 let mut s = self.stats.borrow_mut();
                 s.down.0 += 1;
                 s.down.1 += n as u64;
+                counter.add(n as u64);
                 touch();
             }
             // EMSGSIZE: too large once wrapped for the client's address family.

@@ -15,12 +15,14 @@ use tracing::{error, info, warn};
 
 use super::connect::ConnectOptions;
 use super::limits::Limits;
+use super::metrics::{Registry, WorkerMetrics};
 use super::net::{shutdown_fd, Net};
 use super::pool::{BufferPool, PipePool, Pools, DATAGRAM_BUFFER, SMALL_BUFFER};
 use super::relay::Mode;
 use super::resolve::Resolver;
 use super::session;
 use super::tunnels::Tunnels;
+use super::verify::Verifier;
 use crate::auth::LoginThrottle;
 use crate::config::{Config, RelayChoice};
 
@@ -65,6 +67,10 @@ pub struct WorkerCtx {
     pub limits: Arc<Limits>,
     /// Failed logins per client address, shared with the other workers.
     pub logins: Arc<LoginThrottle>,
+    /// This worker's counters (read by the metrics scraper).
+    pub metrics: Arc<WorkerMetrics>,
+    /// Hashed-password checks, remembered once verified.
+    pub verifier: Verifier,
     active: Cell<usize>,
     idle: Notify,
 }
@@ -78,6 +84,7 @@ impl WorkerCtx {
     /// Counts a session as active until the guard drops.
     pub fn enter(self: &Rc<Self>) -> ActiveGuard {
         self.active.set(self.active.get() + 1);
+        self.metrics.sessions.add(1);
         ActiveGuard(self.clone())
     }
 
@@ -96,25 +103,56 @@ impl Drop for ActiveGuard {
     fn drop(&mut self) {
         let n = self.0.active.get() - 1;
         self.0.active.set(n);
+        self.0.metrics.sessions.sub(1);
         if n == 0 {
             self.0.idle.notify_waiters();
         }
     }
 }
 
+/// What every worker shares: settings, limits, the login throttle, and (read only by the
+/// scraper) the metrics registry.
+#[derive(Clone)]
+pub struct Shared {
+    /// Settings.
+    pub config: Arc<Config>,
+    /// Concurrent tunnel limits.
+    pub limits: Arc<Limits>,
+    /// Failed logins per client address.
+    pub logins: Arc<LoginThrottle>,
+    /// Every worker's metrics.
+    pub metrics: Arc<Registry>,
+    /// The current users and rules (replaced on SIGHUP).
+    pub access: watch::Receiver<Arc<Access>>,
+    /// Flips to true to stop.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// A listening socket and what its connections start with.
+pub struct Listener {
+    /// The socket.
+    pub socket: std::net::TcpListener,
+    /// Connections start with a PROXY protocol header.
+    pub proxy_protocol: bool,
+    /// Shared with other processes (systemd socket activation): never shut down here.
+    pub shared: bool,
+}
+
 /// The body of a worker thread: accept on every listener until `shutdown` flips, then drain
 /// sessions for up to the drain timeout. Returns the number of sessions still open at the end.
-pub async fn run<N: Net>(
-    id: usize,
-    config: Arc<Config>,
-    limits: Arc<Limits>,
-    logins: Arc<LoginThrottle>,
-    mut access: watch::Receiver<Arc<Access>>,
-    listeners: Vec<std::net::TcpListener>,
-    mut shutdown: watch::Receiver<bool>,
-) -> io::Result<usize> {
+pub async fn run<N: Net>(id: usize, shared: Shared, listeners: Vec<Listener>) -> io::Result<usize> {
+    let Shared {
+        config,
+        limits,
+        logins,
+        metrics,
+        mut access,
+        mut shutdown,
+    } = shared;
     let ctx = Rc::new(WorkerCtx {
         id,
+        metrics: metrics.workers[id].clone(),
+        verifier: Verifier::default(),
         access: RefCell::new(access.borrow().clone()),
         connect: ConnectOptions {
             egress_ip: config.egress_ip,
@@ -136,15 +174,17 @@ pub async fn run<N: Net>(
         idle: Notify::new(),
     });
 
-    let stopping = Rc::new(Cell::new(false));
+    let stopping = Rc::new(Stopping::default());
     let mut fds = Vec::new();
     let mut loops = Vec::new();
     for l in listeners {
-        fds.push(l.as_raw_fd());
-        let listener = N::listener(l)?;
+        fds.push((l.socket.as_raw_fd(), l.shared));
+        let proxy = l.proxy_protocol;
+        let listener = N::listener(l.socket)?;
         loops.push(tokio::task::spawn_local(accept_loop::<N>(
             ctx.clone(),
             listener,
+            proxy,
             stopping.clone(),
         )));
     }
@@ -158,6 +198,8 @@ pub async fn run<N: Net>(
             while access.changed().await.is_ok() {
                 let new = access.borrow_and_update().clone();
                 *ctx.access.borrow_mut() = new;
+                // Passwords may have changed.
+                ctx.verifier.clear();
             }
         })
     };
@@ -206,9 +248,16 @@ pub async fn run<N: Net>(
 
     // Stop accepting: shutdown(2) on a listening socket fails its pending accept with EINVAL,
     // which ends the accept loop (dropping an io_uring accept would not stop it).
-    stopping.set(true);
-    for fd in fds {
-        shutdown_fd(fd, Shutdown::Both);
+    // A socket shared with systemd must stay usable for the next instance: its accepts are
+    // cancelled instead.
+    stopping.flag.set(true);
+    stopping.notify.notify_waiters();
+    for (fd, shared) in fds {
+        if shared {
+            N::cancel_accepts(fd).await;
+        } else {
+            shutdown_fd(fd, Shutdown::Both);
+        }
     }
     for l in loops {
         let _ = l.await;
@@ -241,15 +290,40 @@ fn release_freed_memory() {
     unsafe { libmimalloc_sys::mi_collect(true) }
 }
 
-async fn accept_loop<N: Net>(ctx: Rc<WorkerCtx>, listener: N::Listener, stopping: Rc<Cell<bool>>) {
+/// Tells the accept loops to stop.
+#[derive(Default)]
+struct Stopping {
+    flag: Cell<bool>,
+    notify: Notify,
+}
+
+async fn accept_loop<N: Net>(
+    ctx: Rc<WorkerCtx>,
+    listener: N::Listener,
+    proxy_protocol: bool,
+    stopping: Rc<Stopping>,
+) {
     let mut backoff = Duration::from_millis(5);
     loop {
-        match N::accept(&listener).await {
+        if stopping.flag.get() {
+            return;
+        }
+        let accepted = if N::ACCEPT_CANCEL_SAFE {
+            tokio::select! {
+                r = N::accept(&listener) => r,
+                _ = stopping.notify.notified() => return,
+            }
+        } else {
+            N::accept(&listener).await
+        };
+        match accepted {
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(5);
-                tokio::task::spawn_local(session::run::<N>(ctx.clone(), stream, peer));
+                ctx.metrics.accepted.add(1);
+                let session = session::run::<N>(ctx.clone(), stream, peer, proxy_protocol);
+                tokio::task::spawn_local(session);
             }
-            Err(_) if stopping.get() => return,
+            Err(_) if stopping.flag.get() => return,
             Err(e) => match e.raw_os_error() {
                 // Out of descriptors or memory: existing tunnels keep flowing; back off rather
                 // than spin, and retry (the backlog holds new clients meanwhile).

@@ -71,6 +71,33 @@ impl Proxy {
         Proxy { child, addr, log }
     }
 
+    /// Every address it logged "listening on" for, in order (plain listeners, then PROXY
+    /// protocol listeners).
+    pub fn listening(&self) -> Vec<SocketAddr> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| l.split("listening on ").nth(1))
+            .filter_map(|a| a.trim().parse().ok())
+            .collect()
+    }
+
+    /// The metrics listener's address (started with `--metrics 127.0.0.1:0`).
+    pub async fn metrics_addr(&self) -> SocketAddr {
+        for _ in 0..100 {
+            let found = self.log.lock().unwrap().iter().find_map(|l| {
+                let rest = l.split("metrics on http://").nth(1)?;
+                rest.split('/').next()?.parse().ok()
+            });
+            if let Some(a) = found {
+                return a;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no metrics listener logged");
+    }
+
     /// Whether any log line contains `needle`.
     pub fn logged(&self, needle: &str) -> bool {
         self.log.lock().unwrap().iter().any(|l| l.contains(needle))
@@ -214,8 +241,20 @@ pub async fn socks5_request(
     target: &TargetAddr,
     creds: Option<(&str, &str)>,
 ) -> Result<(TcpStream, TargetAddr), ReplyCode> {
-    let mut s = TcpStream::connect(proxy).await.expect("connect proxy");
-    let mut out = Vec::new();
+    let s = TcpStream::connect(proxy).await.expect("connect proxy");
+    socks5_request_on(s, b"", cmd, target, creds).await
+}
+
+/// The same on a connected stream, sending `prefix` (e.g. a PROXY protocol header) together
+/// with the greeting.
+pub async fn socks5_request_on(
+    mut s: TcpStream,
+    prefix: &[u8],
+    cmd: Cmd,
+    target: &TargetAddr,
+    creds: Option<(&str, &str)>,
+) -> Result<(TcpStream, TargetAddr), ReplyCode> {
+    let mut out = prefix.to_vec();
     match creds {
         Some(_) => socks5::encode_greeting(&[socks5::METHOD_USERPASS], &mut out),
         None => socks5::encode_greeting(&[socks5::METHOD_NO_AUTH], &mut out),
@@ -299,4 +338,33 @@ pub async fn raw_exchange(proxy: SocketAddr, bytes: &[u8]) -> Vec<u8> {
     let r = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await;
     assert!(r.is_ok(), "proxy did not close the connection; got {got:?}");
     got
+}
+
+/// A file removed on drop.
+pub struct TempPath(String);
+
+impl TempPath {
+    /// Its path.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Drop for TempPath {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Writes `text` to a fresh file in the temp directory.
+pub fn temp_file(text: &str) -> TempPath {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let p = std::env::temp_dir().join(format!(
+        "ringsocks-test-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::write(&p, text).unwrap();
+    TempPath(p.display().to_string())
 }

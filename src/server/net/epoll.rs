@@ -152,6 +152,10 @@ impl Net for Epoll {
         Ok((EpollStream(s), peer))
     }
 
+    const ACCEPT_CANCEL_SAFE: bool = true;
+
+    async fn cancel_accepts(_fd: RawFd) {}
+
     async fn connect(sock: Rc<Socket>, addr: SockAddr) -> io::Result<()> {
         match sock.connect(&addr) {
             Ok(()) => return Ok(()),

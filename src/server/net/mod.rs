@@ -207,6 +207,16 @@ pub trait Net: 'static {
     /// Accepts one connection.
     async fn accept(l: &Self::Listener) -> io::Result<(Self::Stream, SocketAddr)>;
 
+    /// Whether a pending [`Net::accept`] may simply be dropped (epoll: nothing is in flight).
+    /// An io_uring accept stays in the kernel when dropped and could take a connection
+    /// nobody will serve.
+    const ACCEPT_CANCEL_SAFE: bool;
+
+    /// Ends the pending accepts on `fd` without touching the socket itself (for sockets that
+    /// outlive this process, such as systemd's): io_uring cancels them, which fails them with
+    /// ECANCELED. Runtimes whose accepts are cancel-safe do nothing.
+    async fn cancel_accepts(fd: RawFd);
+
     /// Whether sockets handed to this runtime are in non-blocking mode.
     const NONBLOCKING: bool;
 

@@ -140,6 +140,20 @@ impl Net for Uring {
         Ok((UringStream(Rc::new(s)), peer))
     }
 
+    const ACCEPT_CANCEL_SAFE: bool = false;
+
+    async fn cancel_accepts(fd: RawFd) {
+        // IORING_OP_ASYNC_CANCEL with IORING_ASYNC_CANCEL_FD | _ALL (Linux 5.19): every
+        // operation on this descriptor in this worker's ring.
+        let entry =
+            opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(fd)).all()).build();
+        if let (Err(e), _) = submit((), entry).await {
+            if e.raw_os_error() != Some(libc::ENOENT) {
+                tracing::warn!("cannot cancel the accept on listener fd {fd}: {e}");
+            }
+        }
+    }
+
     async fn connect(sock: Rc<Socket>, addr: SockAddr) -> io::Result<()> {
         let addr = Box::new(addr);
         let entry =
