@@ -162,10 +162,10 @@ async fn bad_headers_close_the_connection_and_the_worker_lives() {
 
     let text = scrape(s.proxy.metrics_addr().await).await;
     for reason in [
-        "not_proxy_protocol",
+        "not-proxy-protocol",
         "malformed",
-        "too_long",
-        "unsupported_family",
+        "too-long",
+        "unsupported-family",
     ] {
         let line = format!("ringsocks_proxy_header_failures_total{{reason=\"{reason}\"}}");
         assert!(text.contains(&line), "{line} missing in\n{text}");

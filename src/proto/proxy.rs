@@ -102,12 +102,12 @@ impl ProxyError {
     /// A short stable label for logs and metrics.
     pub fn as_str(&self) -> &'static str {
         match self {
-            Self::NotProxyProtocol => "not_proxy_protocol",
-            Self::BadVersion(_) => "bad_version",
-            Self::BadCommand(_) => "bad_command",
-            Self::UnsupportedFamily(_) => "unsupported_family",
-            Self::BadFamily(_) => "bad_family",
-            Self::TooLong => "too_long",
+            Self::NotProxyProtocol => "not-proxy-protocol",
+            Self::BadVersion(_) => "bad-version",
+            Self::BadCommand(_) => "bad-command",
+            Self::UnsupportedFamily(_) => "unsupported-family",
+            Self::BadFamily(_) => "bad-family",
+            Self::TooLong => "too-long",
             Self::Malformed(_) => "malformed",
         }
     }
@@ -888,12 +888,12 @@ mod tests {
         assert_eq!(
             labels,
             [
-                "not_proxy_protocol",
-                "bad_version",
-                "bad_command",
-                "unsupported_family",
-                "bad_family",
-                "too_long",
+                "not-proxy-protocol",
+                "bad-version",
+                "bad-command",
+                "unsupported-family",
+                "bad-family",
+                "too-long",
                 "malformed"
             ]
         );

@@ -221,7 +221,7 @@ async fn proxy_header<S: Stream>(
         .iter()
         .any(|c| c.contains_ip(peer.ip()))
     {
-        ctx.metrics.proxy_header_failed("untrusted_source");
+        ctx.metrics.proxy_header_failed("untrusted-source");
         return Err(SessionError::UntrustedBalancer);
     }
     let mut buf = std::mem::take(rest);
