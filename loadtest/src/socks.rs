@@ -19,6 +19,11 @@ pub enum ProxyKind {
     Socks4a,
     Socks5 {
         auth: Option<(String, String)>,
+        /// `socks5+pipe://`: send the greeting, the login and the request in one write, without
+        /// waiting for the method selection (one round trip whatever the method; the proxy
+        /// must read ahead, as ringsocks does), so that an auth/no-auth comparison measures
+        /// the proxy's work rather than RFC 1929's extra round trip.
+        pipeline: bool,
     },
 }
 
@@ -49,7 +54,10 @@ impl fmt::Display for Proxy {
             ProxyKind::Direct => return f.write_str("direct"),
             ProxyKind::Socks4 => ("socks4", None),
             ProxyKind::Socks4a => ("socks4a", None),
-            ProxyKind::Socks5 { auth } => ("socks5", auth.as_ref().map(|(u, _)| u.as_str())),
+            ProxyKind::Socks5 { auth, pipeline } => (
+                if *pipeline { "socks5+pipe" } else { "socks5" },
+                auth.as_ref().map(|(u, _)| u.as_str()),
+            ),
         };
         write!(f, "{scheme}://")?;
         if let Some(u) = user {
@@ -80,7 +88,7 @@ impl FromStr for Proxy {
         };
         let hostport = hostport.trim_end_matches('/');
         let kind = match scheme.to_ascii_lowercase().as_str() {
-            "socks5" | "socks5h" => {
+            "socks5" | "socks5h" | "socks5+pipe" => {
                 let auth = match userinfo {
                     None => None,
                     Some(u) => {
@@ -91,7 +99,8 @@ impl FromStr for Proxy {
                         Some((user.to_string(), pass.to_string()))
                     }
                 };
-                ProxyKind::Socks5 { auth }
+                let pipeline = scheme.eq_ignore_ascii_case("socks5+pipe");
+                ProxyKind::Socks5 { auth, pipeline }
             }
             "socks4" | "socks4a" if userinfo.is_some() => {
                 return Err(bad("SOCKS4 has no password authentication"))
@@ -172,7 +181,11 @@ pub async fn open_tunnel(proxy: &Proxy, dest: &Dest) -> Result<TcpStream, Fail> 
         (kind, Some(paddr)) => {
             let mut s = tcp_connect(paddr).await?;
             match kind {
-                ProxyKind::Socks5 { auth } => {
+                ProxyKind::Socks5 {
+                    auth,
+                    pipeline: true,
+                } => socks5_pipelined(&mut s, auth.as_ref(), dest).await?,
+                ProxyKind::Socks5 { auth, .. } => {
                     socks5_negotiate(&mut s, auth.as_ref()).await?;
                     socks5_command(&mut s, CMD_CONNECT, dest).await?;
                 }
@@ -225,6 +238,52 @@ pub async fn socks5_negotiate(
         }
         (m, _) => Err(Fail::NoAcceptableMethod(m)),
     }
+}
+
+/// Greeting (offering only the method the credentials call for), login and CONNECT in one
+/// write; then the method selection, the login status and the reply, in order.
+async fn socks5_pipelined(
+    s: &mut TcpStream,
+    auth: Option<&(String, String)>,
+    dest: &Dest,
+) -> Result<(), Fail> {
+    let mut out = Vec::with_capacity(64);
+    out.extend_from_slice(&[5, 1, if auth.is_some() { 2 } else { 0 }]);
+    if let Some((user, pass)) = auth {
+        out.push(1);
+        push_len_prefixed(&mut out, user.as_bytes())?;
+        push_len_prefixed(&mut out, pass.as_bytes())?;
+    }
+    out.extend_from_slice(&[5, CMD_CONNECT, 0]);
+    encode_socks5_addr(&mut out, dest)?;
+    s.write_all(&out).await?;
+    let mut reply = [0u8; 2];
+    s.read_exact(&mut reply).await?;
+    if reply[0] != 5 {
+        return Err(Fail::Protocol("method reply version is not 5"));
+    }
+    if reply[1] != out[2] {
+        return Err(Fail::NoAcceptableMethod(reply[1]));
+    }
+    if auth.is_some() {
+        let mut st = [0u8; 2];
+        s.read_exact(&mut st).await?;
+        if st[0] != 1 {
+            return Err(Fail::Protocol("auth reply version is not 1"));
+        }
+        if st[1] != 0 {
+            return Err(Fail::AuthRejected(st[1]));
+        }
+    }
+    let mut head = [0u8; 4];
+    s.read_exact(&mut head).await?;
+    if head[0] != 5 {
+        return Err(Fail::Protocol("reply version is not 5"));
+    }
+    if head[1] != 0 {
+        return Err(Fail::Socks5Reply(head[1]));
+    }
+    read_socks5_addr(s, head[3]).await.map(drop)
 }
 
 fn push_len_prefixed(buf: &mut Vec<u8>, field: &[u8]) -> Result<(), Fail> {
@@ -383,11 +442,15 @@ mod tests {
         assert_eq!(
             p.kind,
             ProxyKind::Socks5 {
-                auth: Some(("u".into(), "p".into()))
+                auth: Some(("u".into(), "p".into())),
+                pipeline: false,
             }
         );
         assert_eq!(p.addr, Some("127.0.0.1:1080".parse().unwrap()));
         assert_eq!(p.to_string(), "socks5://u:***@127.0.0.1:1080");
+        let p: Proxy = "socks5+pipe://u:p@127.0.0.1:1080".parse().unwrap();
+        assert!(matches!(p.kind, ProxyKind::Socks5 { pipeline: true, .. }));
+        assert_eq!(p.to_string(), "socks5+pipe://u:***@127.0.0.1:1080");
         let p: Proxy = "socks4a://[::1]:9".parse().unwrap();
         assert_eq!(p.kind, ProxyKind::Socks4a);
         assert!("direct".parse::<Proxy>().unwrap().is_direct());

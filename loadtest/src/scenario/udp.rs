@@ -44,7 +44,7 @@ async fn associate(ctx: &Ctx) -> Result<Assoc, Fail> {
                 _control: None,
             })
         }
-        (ProxyKind::Socks5 { auth }, Some(paddr)) => {
+        (ProxyKind::Socks5 { auth, .. }, Some(paddr)) => {
             let mut c = tcp_connect(paddr).await?;
             socks5_negotiate(&mut c, auth.as_ref()).await?;
             let me = sock.local_addr().map_err(Fail::Io)?;
