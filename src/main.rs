@@ -77,15 +77,26 @@ fn main() -> ExitCode {
 fn check_config(args: &ServeArgs) -> ExitCode {
     match Config::from_args(args) {
         Ok(c) => {
-            let listen: Vec<String> = c.listen.iter().map(|a| a.to_string()).collect();
+            let join = |v: &[std::net::SocketAddr]| {
+                let v: Vec<String> = v.iter().map(|a| a.to_string()).collect();
+                if v.is_empty() {
+                    "-".to_owned()
+                } else {
+                    v.join(", ")
+                }
+            };
             println!(
-                "ok: listen {}; {} user(s); {} access rule(s), default {:?}; relay {:?}; runtime {:?}",
-                listen.join(", "),
+                "ok: listen {}; PROXY protocol listen {}; {} user(s); {} access rule(s), default {:?}; relay {:?}; runtime {:?}; metrics {}; bandwidth per user {} B/s ({} override(s))",
+                join(&c.listen),
+                join(&c.proxy_listen),
                 c.users.len(),
                 c.rules.len(),
                 c.rules.default_action(),
                 c.relay,
-                c.runtime
+                c.runtime,
+                c.metrics.map_or("-".to_owned(), |a| a.to_string()),
+                c.bandwidth.0,
+                c.bandwidth.1.len(),
             );
             ExitCode::SUCCESS
         }

@@ -249,6 +249,17 @@ fn check_config_reports_errors_with_their_line() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("line 3"), "{err}");
+    // A rule that parses as TOML but does not compile: named, with its line.
+    let bad_rule = temp_file(
+        "[access]\n[[access.rule]]\naction = \"pass\"\n\n[[access.rule]]\naction = \"block\"\nport = [\"9-1\"]\n",
+    );
+    let out = std::process::Command::new(bin)
+        .args(["check-config", bad_rule.as_str()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("\"rule 2\" (line 5)"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
