@@ -39,7 +39,7 @@ printf '[user_bandwidth]\nlimited = "10G"\n' >"$tmp/limits.toml"
 start() {
     local port=$1
     shift
-    "$rs" serve --listen "127.0.0.1:$port" "$@" >"$out/ringsocks-$port.log" 2>&1 &
+    "$rs" serve --listen "127.0.0.1:$port" "$@" >"$tmp/ringsocks-$port.log" 2>&1 &
     started+=("$!")
     for _ in $(seq 50); do ss -ltn "sport = :$port" | grep -q LISTEN && break; sleep 0.1; done
 }
