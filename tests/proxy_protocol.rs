@@ -90,6 +90,18 @@ async fn v1_and_v2_headers_name_the_client_for_logs_and_rules() {
     assert_eq!(echo_roundtrip(t, b"via v2").await, b"via v2");
     assert!(s.proxy.wait_logged("client=[2001:db8::7]:5555").await);
 
+    // A v2 header near the size limit (a 997-byte NOOP TLV): longer than the handshake
+    // buffer, still read whole, and the SOCKS bytes behind it stay in order.
+    let mut h = encode_v2(&proxied("192.0.2.20:2000", s.pp));
+    h.push(0x04);
+    h.extend_from_slice(&997u16.to_be_bytes());
+    h.extend(std::iter::repeat(0xAB).take(997));
+    let len = (h.len() - 16) as u16;
+    h[14..16].copy_from_slice(&len.to_be_bytes());
+    let t = tunnel(s.pp, &h, s.echo).await.expect("large v2 header");
+    assert_eq!(echo_roundtrip(t, b"big").await, b"big");
+    assert!(s.proxy.wait_logged("client=192.0.2.20:2000").await);
+
     // The rule on the real client address blocks, and the log names both.
     let h = encode_v2(&proxied("192.0.2.66:1234", s.pp));
     assert_eq!(

@@ -225,7 +225,8 @@ async fn proxy_header<S: Stream>(
         return Err(SessionError::UntrustedBalancer);
     }
     let mut buf = std::mem::take(rest);
-    buf.reserve(proxy::MAX_HEADER_LEN.saturating_sub(buf.capacity()));
+    // Room for the longest header accepted (parse refuses anything longer before it fills).
+    buf.reserve(proxy::MAX_HEADER_LEN);
     loop {
         match proxy::parse(&buf) {
             Ok(Some((header, n))) => {
