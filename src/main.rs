@@ -126,6 +126,13 @@ fn serve(args: &ServeArgs) -> ExitCode {
         .with_writer(writer)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    // Panics go to the log like everything else (a panic in a tunnel's task ends only that
+    // tunnel; the worker goes on).
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        let name = thread.name().unwrap_or("?");
+        tracing::error!(thread = name, "panic: {info}");
+    }));
     let again = args.clone();
     let reload: ringsocks::server::Reload =
         Box::new(move || Config::from_args(&again).map_err(|e| e.to_string()));

@@ -31,13 +31,13 @@ use crate::config::{Config, RuntimeChoice};
 use access::Access;
 
 /// Submission queue entries per worker ring.
-const SQ_ENTRIES: u32 = 4096;
+pub(crate) const SQ_ENTRIES: u32 = 4096;
 /// Completion queue entries per worker ring. A relaying tunnel keeps at most two operations in
 /// flight (one readiness poll per direction), and completions are reaped every tick; a burst
 /// beyond this waits in the kernel's overflow list (IORING_FEAT_NODROP), nothing is lost. The
 /// ring's pages stay resident once touched (16 bytes per entry), so a larger ring would keep
 /// memory after a burst is over: 16384 entries is 256 KiB per worker.
-const CQ_ENTRIES: u32 = 16384;
+pub(crate) const CQ_ENTRIES: u32 = 16384;
 
 /// Which runtime the workers run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +69,9 @@ pub enum ServerError {
     /// The metrics listener could not be started.
     #[error("cannot serve metrics: {0}")]
     Metrics(io::Error),
+    /// Every worker failed and none could be restarted.
+    #[error("every worker failed; see the log")]
+    Workers,
     /// `--setuid` failed.
     #[error(transparent)]
     Privileges(#[from] privileges::PrivilegeError),
@@ -141,6 +144,12 @@ fn listeners(
         }
         for a in sockets {
             let proxy_protocol = a.proxy_protocol();
+            if !proxy_protocol && a.name != "socks" {
+                warn!(
+                    "socket activation: descriptor named {:?} served as a plain SOCKS listener (name it \"socks\", or \"proxy\" for PROXY protocol)",
+                    a.name
+                );
+            }
             for list in per_worker.iter_mut() {
                 list.push(worker::Listener {
                     socket: a.socket.try_clone()?,
@@ -233,13 +242,19 @@ pub fn serve(
         shutdown: shutdown.clone(),
     };
     let cores = core_affinity::get_core_ids().unwrap_or_default();
-    let (done_tx, done_rx) = mpsc::channel::<(usize, usize)>();
-    let mut handles = Vec::with_capacity(threads);
-    for (id, listeners) in per_worker.into_iter().enumerate() {
+    let (done_tx, done_rx) = mpsc::channel::<(usize, Result<usize, String>)>();
+    // A second handle on every worker's listeners, so that a worker that dies can be restarted
+    // on the same sockets (connections queued on them meanwhile are not lost).
+    let spare: Vec<Vec<worker::Listener>> = per_worker
+        .iter()
+        .map(|ls| ls.iter().map(worker::Listener::try_clone).collect())
+        .collect::<io::Result<_>>()
+        .map_err(ServerError::Listen)?;
+    let spawn = |id: usize, listeners: Vec<worker::Listener>| {
         let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
         let shared = shared.clone();
         let done_tx = done_tx.clone();
-        let h = std::thread::Builder::new()
+        std::thread::Builder::new()
             .name(format!("ringsocks-w{id}"))
             .spawn(move || {
                 if let Some(core) = core {
@@ -247,35 +262,40 @@ pub fn serve(
                         warn!(worker = id, "could not pin to core {}", core.id);
                     }
                 }
-                let result = match kind {
-                    RuntimeKind::Uring => net::uring::block_on(
-                        SQ_ENTRIES,
-                        CQ_ENTRIES,
-                        worker::run::<net::uring::Uring>(id, shared, listeners),
-                    )
-                    .and_then(|r| r),
-                    RuntimeKind::Epoll => {
-                        epoll_block_on(worker::run::<net::epoll::Epoll>(id, shared, listeners))
-                    }
+                // A panic in a tunnel's task is caught by the runtime and ends only that
+                // tunnel; one that escapes to the worker's own loop ends up here.
+                let result =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match kind {
+                        RuntimeKind::Uring => net::uring::block_on(
+                            SQ_ENTRIES,
+                            CQ_ENTRIES,
+                            worker::run::<net::uring::Uring>(id, shared, listeners),
+                        )
+                        .and_then(|r| r),
+                        RuntimeKind::Epoll => {
+                            epoll_block_on(worker::run::<net::epoll::Epoll>(id, shared, listeners))
+                        }
+                    }));
+                let outcome = match result {
+                    Ok(Ok(left)) => Ok(left),
+                    Ok(Err(e)) => Err(format!("failed: {e}")),
+                    Err(panic) => Err(format!("panicked: {}", panic_message(&*panic))),
                 };
-                let left = match result {
-                    Ok(left) => left,
-                    Err(e) => {
-                        error!(worker = id, "worker failed: {e}");
-                        0
-                    }
-                };
-                let _ = done_tx.send((id, left));
+                let _ = done_tx.send((id, outcome));
             })
-            .map_err(ServerError::Spawn)?;
-        handles.push(h);
+            .map_err(ServerError::Spawn)
+    };
+    let mut handles = Vec::with_capacity(threads);
+    for (id, listeners) in per_worker.into_iter().enumerate() {
+        handles.push(Some(spawn(id, listeners)?));
     }
-    drop(done_tx);
-    drop(shared);
     on_ready(&bound);
 
     // Wait for every worker to report, then join them. A worker only returns after shutdown
-    // was requested and its drain finished (or if it failed, which was logged).
+    // was requested and its drain finished; one that fails or panics before that is logged
+    // and started again on the same listeners (at most MAX_RESTARTS times).
+    let mut restarts = vec![0u32; threads];
+    let mut given_up = 0;
     let mut left = 0;
     let mut reported = 0;
     let mut deadline: Option<Instant> = None;
@@ -285,9 +305,42 @@ pub fn serve(
             None => Duration::from_millis(200),
         };
         match done_rx.recv_timeout(wait) {
-            Ok((_, n)) => {
+            Ok((id, Ok(n))) => {
                 reported += 1;
                 left += n;
+                if let Some(h) = handles[id].take() {
+                    let _ = h.join();
+                }
+            }
+            Ok((id, Err(why))) => {
+                if let Some(h) = handles[id].take() {
+                    let _ = h.join();
+                }
+                if *shutdown.borrow() || restarts[id] >= MAX_RESTARTS {
+                    error!(worker = id, "worker {why}; not restarted");
+                    reported += 1;
+                    given_up += 1;
+                    continue;
+                }
+                restarts[id] += 1;
+                error!(
+                    worker = id,
+                    restarts = restarts[id],
+                    "worker {why}; restarting it on the same listeners"
+                );
+                std::thread::sleep(RESTART_DELAY);
+                let listeners = spare[id]
+                    .iter()
+                    .map(worker::Listener::try_clone)
+                    .collect::<io::Result<Vec<_>>>();
+                match listeners.map_err(ServerError::Listen) {
+                    Ok(l) => handles[id] = Some(spawn(id, l)?),
+                    Err(e) => {
+                        error!(worker = id, "cannot restart: {e}");
+                        reported += 1;
+                        given_up += 1;
+                    }
+                }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -301,8 +354,9 @@ pub fn serve(
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
     }
-    for h in handles {
-        let _ = h.join();
+    drop(spare);
+    if given_up == threads {
+        return Err(ServerError::Workers);
     }
     if left > 0 {
         info!(
@@ -312,6 +366,21 @@ pub fn serve(
     }
     info!("stopped");
     Ok(())
+}
+
+/// How many times one worker is restarted after failing before it is given up.
+const MAX_RESTARTS: u32 = 100;
+
+/// Pause before restarting a worker, so that one failing at once cannot spin.
+const RESTART_DELAY: Duration = Duration::from_millis(100);
+
+/// The text of a panic's payload.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(non-text panic payload)".into())
 }
 
 /// TCP_DEFER_ACCEPT timeout: as long as the handshake timeout, at least a second.

@@ -113,6 +113,9 @@ pub async fn run<N: Net>(
         mut out,
     } = done;
 
+    #[cfg(debug_assertions)]
+    super::worker::failpoint(&ctx, &request.target);
+
     let log = AccessLog {
         peer,
         user: user.as_deref().or(request.userid.as_deref()),

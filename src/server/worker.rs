@@ -73,6 +73,9 @@ pub struct WorkerCtx {
     pub verifier: Verifier,
     active: Cell<usize>,
     idle: Notify,
+    /// Debug builds: a session asks the worker's own loop to panic (see [`failpoint`]).
+    #[cfg(debug_assertions)]
+    pub crash: Notify,
 }
 
 impl WorkerCtx {
@@ -138,6 +141,17 @@ pub struct Listener {
     pub shared: bool,
 }
 
+impl Listener {
+    /// Another handle on the same socket.
+    pub fn try_clone(&self) -> io::Result<Listener> {
+        Ok(Listener {
+            socket: self.socket.try_clone()?,
+            proxy_protocol: self.proxy_protocol,
+            shared: self.shared,
+        })
+    }
+}
+
 /// The body of a worker thread: accept on every listener until `shutdown` flips, then drain
 /// sessions for up to the drain timeout. Returns the number of sessions still open at the end.
 pub async fn run<N: Net>(id: usize, shared: Shared, listeners: Vec<Listener>) -> io::Result<usize> {
@@ -172,6 +186,8 @@ pub async fn run<N: Net>(id: usize, shared: Shared, listeners: Vec<Listener>) ->
         config,
         active: Cell::new(0),
         idle: Notify::new(),
+        #[cfg(debug_assertions)]
+        crash: Notify::new(),
     });
 
     let stopping = Rc::new(Stopping::default());
@@ -241,7 +257,14 @@ pub async fn run<N: Net>(id: usize, shared: Shared, listeners: Vec<Listener>) ->
     };
 
     while !*shutdown.borrow_and_update() {
-        if shutdown.changed().await.is_err() {
+        #[cfg(debug_assertions)]
+        let changed = tokio::select! {
+            c = shutdown.changed() => c,
+            _ = ctx.crash.notified() => panic!("failpoint: worker {id} crashes"),
+        };
+        #[cfg(not(debug_assertions))]
+        let changed = shutdown.changed().await;
+        if changed.is_err() {
             break;
         }
     }
@@ -280,6 +303,21 @@ pub async fn run<N: Net>(id: usize, shared: Shared, listeners: Vec<Listener>) ->
     housekeeping.abort();
     reloads.abort();
     Ok(ctx.active.get())
+}
+
+/// Debug builds only (the tests' binary): a CONNECT to `panic.failpoint.invalid` panics in
+/// its session's task, and one to `crash-worker.failpoint.invalid` panics in the worker's own
+/// loop, so the tests can show that a panic costs one tunnel, and that a dead worker is
+/// restarted. Release builds have no such names.
+#[cfg(debug_assertions)]
+pub fn failpoint(ctx: &WorkerCtx, target: &crate::proto::TargetAddr) {
+    if let crate::proto::TargetAddr::Domain(host, _) = target {
+        match host.as_str() {
+            "panic.failpoint.invalid" => panic!("failpoint: a session panics"),
+            "crash-worker.failpoint.invalid" => ctx.crash.notify_one(),
+            _ => {}
+        }
+    }
 }
 
 /// Asks mimalloc (the binary's allocator) to return this thread's free pages to the system.

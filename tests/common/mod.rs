@@ -29,16 +29,15 @@ impl Proxy {
 
     /// Same, on a given listen address.
     pub fn start_on(listen: &str, args: &[&str]) -> Proxy {
+        // Two workers unless the test asks for another number.
+        let threads: &[&str] = if args.contains(&"--threads") {
+            &[]
+        } else {
+            &["--threads", "2"]
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_ringsocks"))
-            .args([
-                "serve",
-                "--listen",
-                listen,
-                "--threads",
-                "2",
-                "--log-level",
-                "debug",
-            ])
+            .args(["serve", "--listen", listen, "--log-level", "debug"])
+            .args(threads)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

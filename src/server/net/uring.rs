@@ -214,7 +214,12 @@ pub fn unavailable_reason() -> Option<String> {
             _ => {}
         }
     }
-    let ring = match io_uring::IoUring::new(8) {
+    // The workers' own ring sizes: on kernels before 5.12 rings count against RLIMIT_MEMLOCK,
+    // and a small probe ring could pass where the real ones fail.
+    let ring = io_uring::IoUring::<squeue::Entry, cqueue::Entry>::builder()
+        .setup_cqsize(crate::server::CQ_ENTRIES)
+        .build(crate::server::SQ_ENTRIES);
+    let ring = match ring {
         Ok(r) => r,
         Err(e) => {
             let why = match e.raw_os_error() {
@@ -223,6 +228,9 @@ pub fn unavailable_reason() -> Option<String> {
                 }
                 Some(libc::EPERM) => {
                     "io_uring_setup not permitted (seccomp or kernel.io_uring_disabled)"
+                }
+                Some(libc::ENOMEM) => {
+                    "io_uring_setup out of memory (RLIMIT_MEMLOCK too low for the rings on kernels before 5.12?)"
                 }
                 _ => "io_uring_setup failed",
             };
