@@ -92,3 +92,93 @@ async fn a_dead_worker_is_logged_and_restarted() {
     }
     assert!(ok, "no tunnel after the restart");
 }
+
+/// Hostile clients all at once: silent connections, greetings cut short, resets mid-handshake,
+/// garbage after a valid handshake and a flood of failing logins. Good clients are served
+/// throughout, and once the attackers are gone the descriptors come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn good_clients_are_served_during_an_attack() {
+    use tokio::net::TcpStream;
+    let echo = echo_server("127.0.0.1:0").await;
+    let proxy = Proxy::start(&[
+        "--user",
+        "alice:right",
+        "--handshake-timeout",
+        "3s",
+        "--max-auth-failures",
+        "5",
+    ]);
+    let baseline = fd_count(proxy.pid());
+    let addr = proxy.addr;
+
+    // 600 silent or half-greeting connections, held open.
+    let mut held = Vec::new();
+    for i in 0..600 {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        if i % 2 == 0 {
+            s.write_all(&[5]).await.unwrap();
+        }
+        held.push(s);
+    }
+    // Resets mid-handshake (SO_LINGER 0 then close).
+    for _ in 0..200 {
+        let s = TcpStream::connect(addr).await.unwrap();
+        let mut s = s.into_std().unwrap();
+        std::io::Write::write_all(&mut s, &[5, 2, 0, 2]).unwrap();
+        socket2::SockRef::from(&s)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(s);
+    }
+    // A flood of wrong passwords from one address, then the right one is refused too (locked).
+    for _ in 0..20 {
+        let r = socks5_connect(addr, &TargetAddr::Ip(echo), Some(("alice", "wrong"))).await;
+        assert_eq!(r.err(), Some(ReplyCode::NotAllowed));
+    }
+    // Garbage after a valid handshake and request: relayed as data (it is the client's
+    // payload), the tunnel works.
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind("127.0.0.3:0".parse().unwrap()).unwrap();
+    let s = s.connect(addr).await.unwrap();
+    let cmd = ringsocks::proto::Command::Connect;
+    let creds = Some(("alice", "right"));
+    let (mut s, _) = socks5_request_on(s, b"", cmd, &TargetAddr::Ip(echo), creds)
+        .await
+        .unwrap();
+    s.write_all(&[0xff; 100]).await.unwrap();
+    let mut back = [0u8; 100];
+    s.read_exact(&mut back).await.unwrap();
+    assert_eq!(back, [0xff; 100]);
+    drop(s);
+
+    // Good clients, meanwhile, from another address (127.0.0.2 is not locked out).
+    let good = |i: u32| async move {
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        let s = s.connect(addr).await.unwrap();
+        let target = TargetAddr::Ip(echo);
+        let (s, _) = socks5_request_on(
+            s,
+            b"",
+            ringsocks::proto::Command::Connect,
+            &target,
+            Some(("alice", "right")),
+        )
+        .await
+        .unwrap();
+        let msg = format!("good {i}");
+        assert_eq!(echo_roundtrip(s, msg.as_bytes()).await, msg.as_bytes());
+    };
+    let mut tasks = Vec::new();
+    for i in 0..100 {
+        tasks.push(tokio::spawn(good(i)));
+    }
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(20), t)
+            .await
+            .expect("a good client was not served in time")
+            .unwrap();
+    }
+    drop(held);
+    assert_fds_back(proxy.pid(), baseline).await;
+}

@@ -233,7 +233,9 @@ pub fn serve(
     let (max_failures, window) = config.max_auth_failures;
     let logins = Arc::new(crate::auth::LoginThrottle::new(max_failures, window));
     let config = Arc::new(config);
+    let (ready_tx, ready_rx) = mpsc::channel::<usize>();
     let shared = worker::Shared {
+        ready: ready_tx,
         config: config.clone(),
         limits,
         logins,
@@ -288,6 +290,16 @@ pub fn serve(
     let mut handles = Vec::with_capacity(threads);
     for (id, listeners) in per_worker.into_iter().enumerate() {
         handles.push(Some(spawn(id, listeners)?));
+    }
+    // "Listening" once every worker accepts (or a few seconds have passed: one that failed to
+    // start is restarted below).
+    let ready_by = Instant::now() + Duration::from_secs(5);
+    for _ in 0..threads {
+        let left = ready_by.saturating_duration_since(Instant::now());
+        if ready_rx.recv_timeout(left).is_err() {
+            warn!("not every worker was ready within 5 s");
+            break;
+        }
     }
     on_ready(&bound);
 

@@ -129,6 +129,8 @@ pub struct Shared {
     pub access: watch::Receiver<Arc<Access>>,
     /// Flips to true to stop.
     pub shutdown: watch::Receiver<bool>,
+    /// Told this worker's index once it accepts on every listener.
+    pub ready: std::sync::mpsc::Sender<usize>,
 }
 
 /// A listening socket and what its connections start with.
@@ -162,6 +164,7 @@ pub async fn run<N: Net>(id: usize, shared: Shared, listeners: Vec<Listener>) ->
         metrics,
         mut access,
         mut shutdown,
+        ready,
     } = shared;
     let ctx = Rc::new(WorkerCtx {
         id,
@@ -204,6 +207,8 @@ pub async fn run<N: Net>(id: usize, shared: Shared, listeners: Vec<Listener>) ->
             stopping.clone(),
         )));
     }
+
+    let _ = ready.send(id);
 
     // Give pooled buffers and pipes back to the system once a burst is over, and close
     // tunnels that went idle: one timer per worker rather than one per tunnel.
