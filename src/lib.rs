@@ -18,6 +18,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod doctor;
 pub mod passwd;
 pub mod proto;
 pub mod rules;

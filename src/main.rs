@@ -31,6 +31,8 @@ enum Cmd {
     },
     /// Hash a password (argon2id) and write USER's entry in a users file (or print it).
     Passwd(ringsocks::passwd::PasswdArgs),
+    /// Check what limits concurrent tunnels on this host, and how to raise it.
+    Doctor(ringsocks::doctor::DoctorArgs),
 }
 
 /// mimalloc v2's `mi_option_arena_eager_commit` (its `mi_option_t` enum; libmimalloc-sys does
@@ -64,6 +66,7 @@ fn main() -> ExitCode {
             args.config = Some(file);
             check_config(&args)
         }
+        Cmd::Doctor(args) => ringsocks::doctor::run(&args),
         Cmd::Passwd(args) => match ringsocks::passwd::run(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
