@@ -69,8 +69,9 @@ pub enum Check {
 #[derive(Clone, Default)]
 pub struct Users {
     table: HashMap<Box<[u8]>, Secret>,
-    /// Whether any entry is hashed (unknown users then cost a dummy hash check).
-    hashed: bool,
+    /// When any entry is hashed: a dummy hash that unknown users and wrong plaintext
+    /// passwords are checked against, so every failure costs what a hashed user's does.
+    dummy: Option<Arc<PasswordHash>>,
 }
 
 /// A hash of a random password nobody knows, with the default parameters: what an unknown
@@ -122,7 +123,10 @@ impl Users {
                 origin: origin.to_owned(),
                 source,
             })?;
-            self.hashed = true;
+            if self.dummy.is_none() {
+                // Built now, at load time (never on a worker thread at a login).
+                self.dummy = Some(dummy_hash());
+            }
             Secret::Hashed(Arc::new(hash))
         } else {
             Secret::Plain(pass.as_bytes().into())
@@ -159,12 +163,15 @@ impl Users {
     pub fn check(&self, username: &[u8], password: &[u8]) -> Check {
         const DUMMY: &[u8] = &[0u8; 32];
         match self.table.get(username) {
-            Some(Secret::Plain(expected)) => match constant_time_eq(expected, password) {
-                true => Check::Ok,
-                false => Check::Failed,
-            },
+            Some(Secret::Plain(expected)) => {
+                match (constant_time_eq(expected, password), &self.dummy) {
+                    (true, _) => Check::Ok,
+                    (false, Some(dummy)) => Check::Slow(dummy.clone()),
+                    (false, None) => Check::Failed,
+                }
+            }
             Some(Secret::Hashed(hash)) => Check::Slow(hash.clone()),
-            None if self.hashed => Check::Slow(dummy_hash()),
+            None if self.dummy.is_some() => Check::Slow(self.dummy.clone().expect("checked")),
             None => {
                 let _ = constant_time_eq(DUMMY, password);
                 Check::Failed
@@ -255,12 +262,25 @@ impl LoginThrottle {
 
     /// Whether `client` is locked out at `now`.
     pub fn locked(&self, client: std::net::IpAddr, now: std::time::Instant) -> bool {
+        self.locked_besides(client, now, 0)
+    }
+
+    /// Whether `client` would be locked out at `now` without `own` failures counted in
+    /// advance for logins still being checked.
+    pub fn locked_besides(
+        &self,
+        client: std::net::IpAddr,
+        now: std::time::Instant,
+        own: u32,
+    ) -> bool {
         if self.max == 0 {
             return false;
         }
         let f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         match f.by_client.get(&client_key(client)) {
-            Some(&(n, since)) => n >= self.max && now.duration_since(since) < self.window,
+            Some(&(n, since)) => {
+                n.saturating_sub(own) >= self.max && now.duration_since(since) < self.window
+            }
             None => false,
         }
     }
@@ -293,6 +313,18 @@ impl LoginThrottle {
         }
         e.0 += 1;
         e.0 == self.max
+    }
+
+    /// Takes back one failure counted for `client` (a login counted as failed before its
+    /// slow check, which then succeeded).
+    pub fn forgive(&self, client: std::net::IpAddr) {
+        if self.max == 0 {
+            return;
+        }
+        let mut f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = f.by_client.get_mut(&client_key(client)) {
+            e.0 = e.0.saturating_sub(1);
+        }
     }
 }
 

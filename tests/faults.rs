@@ -182,3 +182,100 @@ async fn good_clients_are_served_during_an_attack() {
     drop(held);
     assert_fds_back(proxy.pid(), baseline).await;
 }
+
+/// CPU time (user + system) of `pid`, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+/// Out of descriptors: new tunnels are refused (or wait in the backlog) without the accept loop
+/// spinning, tunnels already open keep flowing, and service comes back when descriptors free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn descriptor_exhaustion_refuses_cleanly_and_recovers() {
+    use tokio::net::TcpStream;
+    let echo = echo_server("127.0.0.1:0").await;
+    let proxy = Proxy::start_with_nofile(&["--handshake-timeout", "2s"], 64);
+    let target = TargetAddr::Ip(echo);
+
+    // Fill the table: tunnels until one fails.
+    let mut open = Vec::new();
+    let mut refused = None;
+    for _ in 0..64 {
+        // In a task of its own: our client panics on a connection reset mid-handshake.
+        let (addr, t) = (proxy.addr, target.clone());
+        let attempt = tokio::spawn(async move { socks5_connect(addr, &t, None).await });
+        match tokio::time::timeout(Duration::from_secs(3), attempt).await {
+            Ok(Ok(Ok((s, _)))) => open.push(s),
+            Ok(Ok(Err(code))) => {
+                refused = Some(format!("reply {code:?}"));
+                break;
+            }
+            Ok(Err(_)) => {
+                refused = Some("connection reset".into());
+                break;
+            }
+            Err(_) => {
+                refused = Some("left waiting".into());
+                break;
+            }
+        }
+    }
+    let refused = refused.expect("64 descriptors cannot hold 64 tunnels");
+    assert!(open.len() >= 10, "only {} tunnels fit", open.len());
+    eprintln!("{} tunnels open, then: {refused}", open.len());
+
+    // Exhausted: the accept loop backs off instead of spinning (a spinning worker burns a core:
+    // 2 s would cost ~200 ticks; allow a tenth of that).
+    let before = cpu_ticks(proxy.pid());
+    let mut waiting = Vec::new();
+    for _ in 0..5 {
+        waiting.push(TcpStream::connect(proxy.addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let spent = cpu_ticks(proxy.pid()) - before;
+    assert!(
+        spent < 20,
+        "proxy used {spent} ticks in 2 s while out of descriptors"
+    );
+    assert!(
+        proxy.logged("Too many open files"),
+        "no log line for EMFILE"
+    );
+    // New clients are refused (reset) promptly rather than left waiting.
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    let _ = s.write_all(&[5, 1, 0]).await;
+    let mut buf = [0u8; 2];
+    let r = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
+    assert!(
+        matches!(r, Ok(Ok(0)) | Ok(Err(_))),
+        "a client was left waiting while out of descriptors: {r:?}"
+    );
+    assert!(proxy.logged("out of descriptors: connection refused"));
+
+    // Tunnels already open keep flowing.
+    let first = open.remove(0);
+    assert_eq!(
+        echo_roundtrip(first, b"still flowing").await,
+        b"still flowing"
+    );
+
+    // Free descriptors: service comes back (the dropped waiting connections included).
+    drop(waiting);
+    drop(open);
+    let mut back = false;
+    for _ in 0..100 {
+        let (addr, t) = (proxy.addr, target.clone());
+        let attempt = tokio::spawn(async move { socks5_connect(addr, &t, None).await });
+        if let Ok(Ok(Ok((s, _)))) = tokio::time::timeout(Duration::from_secs(2), attempt).await {
+            assert_eq!(echo_roundtrip(s, b"recovered").await, b"recovered");
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(back, "no tunnel after descriptors were freed");
+}

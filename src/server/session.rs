@@ -436,21 +436,33 @@ async fn handshake<S: Stream>(
                     debug!(client = %peer, user = %name, "login refused: too many failed logins");
                     false
                 } else {
-                    let ok = access.users.is_empty()
-                        || match access.users.check(creds.username, creds.password) {
-                            Check::Ok => true,
-                            Check::Failed => false,
-                            Check::Slow(hash) => {
-                                let (u, p) = (creds.username, creds.password);
-                                ctx.verifier.verify(u, p, hash).await
+                    // (passed, failure already counted)
+                    let (ok, counted) = match access.users.check(creds.username, creds.password) {
+                        _ if access.users.is_empty() => (true, false),
+                        Check::Ok => (true, false),
+                        Check::Failed => (false, false),
+                        Check::Slow(hash) => {
+                            // Counted as a failure before the slow check and forgiven if it
+                            // passes: logins that never finish (the client's handshake timed
+                            // out while queued) still count towards the lockout.
+                            if ctx.logins.failed(peer.ip(), now) {
+                                lockout_warning(ctx, peer);
                             }
-                        };
+                            let (u, p) = (creds.username, creds.password);
+                            // Locked out meanwhile by other failures (not this one's).
+                            let locked = || ctx.logins.locked_besides(peer.ip(), Instant::now(), 1);
+                            let ok = ctx.verifier.verify(u, p, hash, locked).await;
+                            if ok {
+                                ctx.logins.forgive(peer.ip());
+                            }
+                            (ok, true)
+                        }
+                    };
                     if !ok {
                         ctx.metrics.auth_failures.add(1);
                         warn!(client = %peer, user = %name, "authentication failed");
-                        if ctx.logins.failed(peer.ip(), now) {
-                            let (max, window) = ctx.config.max_auth_failures;
-                            warn!(client = %peer, "{max} failed logins within {window:?}: further logins from this address refused until the window ends");
+                        if !counted && ctx.logins.failed(peer.ip(), now) {
+                            lockout_warning(ctx, peer);
                         }
                     }
                     ok
@@ -529,6 +541,11 @@ async fn connect<N: Net>(
             happy_eyeballs::<N>(&addrs, &ctx.connect).await
         }
     }
+}
+
+fn lockout_warning(ctx: &WorkerCtx, peer: SocketAddr) {
+    let (max, window) = ctx.config.max_auth_failures;
+    warn!(client = %peer, "{max} failed logins within {window:?}: further logins from this address refused until the window ends");
 }
 
 fn log_handshake_failure(ctx: &WorkerCtx, peer: SocketAddr, e: &SessionError) {

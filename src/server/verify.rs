@@ -26,11 +26,18 @@ use crate::passwd::PasswordHash;
 /// milliseconds of CPU and m KiB of memory).
 const SLOTS: usize = 2;
 
+/// Logins one worker lets wait for a slot; beyond that a login is refused at once.
+const MAX_WAITING: usize = 64;
+
 /// One worker's verifier.
 pub struct Verifier {
     key: [u8; 32],
-    cache: RefCell<HashMap<Box<[u8]>, [u8; 32]>>,
-    slots: Semaphore,
+    /// Per user: the tag of the password that verified, and the hash it verified against
+    /// (a remembered password only counts for that very hash: a reload that changes or
+    /// removes the user makes it useless, even if a login still in flight adds it later).
+    cache: RefCell<HashMap<Box<[u8]>, ([u8; 32], Arc<PasswordHash>)>>,
+    slots: Arc<Semaphore>,
+    waiting: std::cell::Cell<usize>,
 }
 
 impl Default for Verifier {
@@ -43,7 +50,8 @@ impl Default for Verifier {
         Verifier {
             key,
             cache: RefCell::default(),
-            slots: Semaphore::new(SLOTS),
+            slots: Arc::new(Semaphore::new(SLOTS)),
+            waiting: std::cell::Cell::new(0),
         }
     }
 }
@@ -54,25 +62,47 @@ impl Verifier {
         self.cache.borrow_mut().clear();
     }
 
-    /// Whether `password` is `user`'s, checked against `hash`.
-    pub async fn verify(&self, user: &[u8], password: &[u8], hash: Arc<PasswordHash>) -> bool {
+    /// Whether `password` is `user`'s, checked against `hash`. `locked` is asked again once
+    /// a slot is free (the client may have been locked out while it waited); a locked client
+    /// or a full queue gets `false` without a check.
+    pub async fn verify(
+        &self,
+        user: &[u8],
+        password: &[u8],
+        hash: Arc<PasswordHash>,
+        locked: impl Fn() -> bool,
+    ) -> bool {
         let tag = self.tag(user, password);
-        if let Some(known) = self.cache.borrow().get(user) {
-            if constant_time_eq(known, &tag) {
+        if let Some((known, for_hash)) = self.cache.borrow().get(user) {
+            if Arc::ptr_eq(for_hash, &hash) && constant_time_eq(known, &tag) {
                 return true;
             }
         }
-        let ok = {
-            let Ok(_slot) = self.slots.acquire().await else {
-                return false;
-            };
-            let password = password.to_vec();
-            tokio::task::spawn_blocking(move || hash.verify(&password))
-                .await
-                .unwrap_or(false)
+        if self.waiting.get() >= MAX_WAITING {
+            return false;
+        }
+        self.waiting.set(self.waiting.get() + 1);
+        let slot = self.slots.clone().acquire_owned().await;
+        self.waiting.set(self.waiting.get() - 1);
+        let Ok(slot) = slot else {
+            return false;
         };
+        if locked() {
+            return false;
+        }
+        let password = password.to_vec();
+        let checked = hash.clone();
+        // The slot goes with the check: a session that gives up (its handshake timed out)
+        // does not free it before the hashing thread is done.
+        let ok = tokio::task::spawn_blocking(move || {
+            let ok = checked.verify(&password);
+            drop(slot);
+            ok
+        })
+        .await
+        .unwrap_or(false);
         if ok {
-            self.cache.borrow_mut().insert(user.into(), tag);
+            self.cache.borrow_mut().insert(user.into(), (tag, hash));
         }
         ok
     }
@@ -100,18 +130,21 @@ mod tests {
             .unwrap();
         let v = Verifier::default();
         rt.block_on(async {
-            assert!(!v.verify(b"alice", b"wrong", hash.clone()).await);
+            let open = || false;
+            assert!(!v.verify(b"alice", b"wrong", hash.clone(), open).await);
             assert!(v.cache.borrow().is_empty());
-            assert!(v.verify(b"alice", b"right", hash.clone()).await);
+            assert!(v.verify(b"alice", b"right", hash.clone(), open).await);
             assert_eq!(v.cache.borrow().len(), 1);
-            // Remembered: a hash that would refuse everything is not consulted again.
+            // Remembered for this hash: the same hash object is not consulted again.
+            assert!(v.verify(b"alice", b"right", hash.clone(), || true).await);
+            // Not for another hash (the user's password was changed by a reload).
             let other = crate::passwd::hash_password(b"other").unwrap();
             let other = Arc::new(PasswordHash::parse(&other).unwrap());
-            assert!(v.verify(b"alice", b"right", other.clone()).await);
-            // But a different password still goes to the (refusing) hash.
-            assert!(!v.verify(b"alice", b"wrong", other.clone()).await);
+            assert!(!v.verify(b"alice", b"right", other.clone(), open).await);
+            assert!(v.verify(b"alice", b"other", other.clone(), open).await);
+            // A locked-out client gets no check.
             v.clear();
-            assert!(!v.verify(b"alice", b"right", other).await);
+            assert!(!v.verify(b"alice", b"other", other, || true).await);
         });
         assert_ne!(v.tag(b"ab", b"c"), v.tag(b"a", b"bc"));
     }

@@ -16,7 +16,7 @@ use tracing::{error, info, warn};
 use super::connect::ConnectOptions;
 use super::limits::Limits;
 use super::metrics::{Registry, WorkerMetrics};
-use super::net::{shutdown_fd, Net};
+use super::net::{shutdown_fd, Net, Stream};
 use super::pool::{BufferPool, PipePool, Pools, DATAGRAM_BUFFER, SMALL_BUFFER};
 use super::relay::Mode;
 use super::resolve::Resolver;
@@ -71,6 +71,9 @@ pub struct WorkerCtx {
     pub metrics: Arc<WorkerMetrics>,
     /// Hashed-password checks, remembered once verified.
     pub verifier: Verifier,
+    /// A descriptor kept in reserve: when accept fails for want of descriptors, closing it
+    /// lets the waiting client be taken and refused at once instead of left hanging.
+    reserve: RefCell<Option<std::fs::File>>,
     active: Cell<usize>,
     idle: Notify,
     /// Debug builds: a session asks the worker's own loop to panic (see [`failpoint`]).
@@ -170,6 +173,7 @@ pub async fn run<N: Net>(id: usize, shared: Shared, listeners: Vec<Listener>) ->
         id,
         metrics: metrics.workers[id].clone(),
         verifier: Verifier::default(),
+        reserve: RefCell::new(std::fs::File::open("/dev/null").ok()),
         access: RefCell::new(access.borrow().clone()),
         connect: ConnectOptions {
             egress_ip: config.egress_ip,
@@ -372,7 +376,11 @@ async fn accept_loop<N: Net>(
                 // than spin, and retry (the backlog holds new clients meanwhile).
                 Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS)
                 | Some(libc::ENOMEM) => {
-                    warn!(worker = ctx.id, "accept: {e}; retrying in {backoff:?}");
+                    warn!(
+                        worker = ctx.id,
+                        "accept: {e}; refusing new clients, retrying in {backoff:?}"
+                    );
+                    shed_one::<N>(&ctx, &listener).await;
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(1));
                 }
@@ -389,6 +397,23 @@ async fn accept_loop<N: Net>(
             },
         }
     }
+}
+
+/// Out of descriptors: frees the reserve descriptor, takes the client that could not be
+/// accepted and resets it (it learns at once, and does not sit in the backlog), then takes the
+/// reserve back. The connection stays queued when accept fails, so this is the one waiting.
+async fn shed_one<N: Net>(ctx: &WorkerCtx, listener: &N::Listener) {
+    let Some(spare) = ctx.reserve.borrow_mut().take() else {
+        return;
+    };
+    drop(spare);
+    if let Ok((stream, peer)) = N::accept(listener).await {
+        stream.abort();
+        drop(stream);
+        ctx.metrics.handshake_failed("no-descriptors");
+        warn!(worker = ctx.id, client = %peer, "out of descriptors: connection refused (reset)");
+    }
+    *ctx.reserve.borrow_mut() = std::fs::File::open("/dev/null").ok();
 }
 
 #[cfg(test)]

@@ -27,23 +27,47 @@ impl Proxy {
         Self::start_on("127.0.0.1:0", args)
     }
 
+    /// Same, with RLIMIT_NOFILE (soft and hard) set to `nofile` for the proxy.
+    pub fn start_with_nofile(args: &[&str], nofile: u64) -> Proxy {
+        Self::spawn("127.0.0.1:0", args, Some(nofile))
+    }
+
     /// Same, on a given listen address.
     pub fn start_on(listen: &str, args: &[&str]) -> Proxy {
+        Self::spawn(listen, args, None)
+    }
+
+    fn spawn(listen: &str, args: &[&str], nofile: Option<u64>) -> Proxy {
         // Two workers unless the test asks for another number.
         let threads: &[&str] = if args.contains(&"--threads") {
             &[]
         } else {
             &["--threads", "2"]
         };
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ringsocks"))
-            .args(["serve", "--listen", listen, "--log-level", "debug"])
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringsocks"));
+        cmd.args(["serve", "--listen", listen, "--log-level", "debug"])
             .args(threads)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start ringsocks");
+            .stderr(Stdio::piped());
+        if let Some(n) = nofile {
+            use std::os::unix::process::CommandExt;
+            // Safety: setrlimit is async-signal-safe.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd.spawn().expect("start ringsocks");
         let stderr = child.stderr.take().expect("stderr");
         let log = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
