@@ -29,13 +29,16 @@ const SLOTS: usize = 2;
 /// Logins one worker lets wait for a slot; beyond that a login is refused at once.
 const MAX_WAITING: usize = 64;
 
+/// A password tag and the hash it verified against.
+type Remembered = ([u8; 32], Arc<PasswordHash>);
+
 /// One worker's verifier.
 pub struct Verifier {
     key: [u8; 32],
     /// Per user: the tag of the password that verified, and the hash it verified against
     /// (a remembered password only counts for that very hash: a reload that changes or
     /// removes the user makes it useless, even if a login still in flight adds it later).
-    cache: RefCell<HashMap<Box<[u8]>, ([u8; 32], Arc<PasswordHash>)>>,
+    cache: RefCell<HashMap<Box<[u8]>, Remembered>>,
     slots: Arc<Semaphore>,
     waiting: std::cell::Cell<usize>,
 }
