@@ -334,6 +334,8 @@ pub struct Config {
     pub metrics: Option<SocketAddr>,
     /// User to switch to after binding.
     pub setuid: Option<String>,
+    /// Files a reload reads again (config file, users file).
+    pub files: Vec<PathBuf>,
 }
 
 impl Config {
@@ -575,6 +577,12 @@ impl Config {
             proxy_from,
             metrics: args.metrics.or(file.metrics),
             setuid: args.setuid.clone().or(file.setuid),
+            files: args
+                .config
+                .iter()
+                .chain(args.users.as_ref().or(file.users_file.as_ref()))
+                .cloned()
+                .collect(),
         };
         config.check_open_proxy()?;
         Ok(config)
@@ -582,16 +590,22 @@ impl Config {
 
     /// An open proxy is only allowed on loopback unless explicitly requested.
     fn check_open_proxy(&self) -> Result<(), ConfigError> {
-        if !self.users.is_empty() || self.allow_open {
-            return Ok(());
-        }
         // A PROXY listener's clients are whoever its header names: the same rule applies.
-        match self
+        let all: Vec<SocketAddr> = self
             .listen
             .iter()
             .chain(&self.proxy_listen)
-            .find(|a| !is_loopback(a.ip()))
-        {
+            .copied()
+            .collect();
+        self.check_open_proxy_on(&all)
+    }
+
+    /// The open-proxy rule for listeners at `addrs` (e.g. sockets passed by systemd).
+    pub fn check_open_proxy_on(&self, addrs: &[SocketAddr]) -> Result<(), ConfigError> {
+        if !self.users.is_empty() || self.allow_open {
+            return Ok(());
+        }
+        match addrs.iter().find(|a| !is_loopback(a.ip())) {
             Some(a) => Err(ConfigError::OpenProxy(*a)),
             None => Ok(()),
         }

@@ -283,10 +283,18 @@ async fn setuid_drops_root_after_binding() {
     let proxy = Proxy::start(&["--setuid", "nobody"]);
     assert!(proxy.wait_logged("running as nobody").await);
     let status = std::fs::read_to_string(format!("/proc/{}/status", proxy.pid())).unwrap();
-    let uids = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    for field in ["Uid:", "Gid:"] {
+        let ids = status.lines().find(|l| l.starts_with(field)).unwrap();
+        assert!(
+            ids.split_whitespace().skip(1).all(|u| u == "65534"),
+            "{ids}"
+        );
+    }
+    // Root's supplementary groups are gone too.
+    let groups = status.lines().find(|l| l.starts_with("Groups:")).unwrap();
     assert!(
-        uids.split_whitespace().skip(1).all(|u| u == "65534"),
-        "{uids}"
+        groups.split_whitespace().skip(1).all(|g| g == "65534"),
+        "{groups}"
     );
     let (s, _) = socks5_connect(proxy.addr, &TargetAddr::Ip(echo), None)
         .await
@@ -325,6 +333,25 @@ fn activated(listener: &std::net::TcpListener, name: &str) -> std::process::Chil
         });
     }
     cmd.spawn().expect("start ringsocks")
+}
+
+#[test]
+fn socket_activation_keeps_the_open_proxy_rule() {
+    // A passed socket on a public (wildcard) address, no users, no --allow-open: refused.
+    let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let mut child = activated(&listener, "socks");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "an open proxy on 0.0.0.0 kept running"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!status.success());
 }
 
 fn stop(mut child: std::process::Child) {

@@ -118,6 +118,13 @@ async fn v1_and_v2_headers_name_the_client_for_logs_and_rules() {
     assert_eq!(echo_roundtrip(t, b"local").await, b"local");
     assert!(s.proxy.wait_logged(&format!("client={local}")).await);
 
+    // A PROXY header sent to the plain listener is not believed: the connection is closed.
+    let h = encode_v1("192.0.2.99:1".parse().unwrap(), s.proxy.addr);
+    let mut bytes = h.clone();
+    bytes.extend_from_slice(&[5, 1, 0]);
+    assert!(closed_after(s.proxy.addr, &bytes, false).await.is_empty());
+    assert!(!s.proxy.logged("client=192.0.2.99"));
+
     // The plain listener still speaks SOCKS without a header.
     let t = tunnel(s.proxy.addr, b"", s.echo).await.expect("plain");
     assert_eq!(echo_roundtrip(t, b"plain").await, b"plain");
@@ -145,8 +152,15 @@ async fn limits_count_the_real_client() {
 async fn bad_headers_close_the_connection_and_the_worker_lives() {
     let s = setup(&["--metrics", "127.0.0.1:0", "--handshake-timeout", "1s"]).await;
     let socks5 = [5u8, 1, 0];
-    // No header at all: a SOCKS client that bypassed the balancer.
+    // No header at all: a SOCKS client that bypassed the balancer, turned away at once (not
+    // at the 1 s handshake timeout).
+    let t = std::time::Instant::now();
     assert!(closed_after(s.pp, &socks5, false).await.is_empty());
+    assert!(
+        t.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        t.elapsed()
+    );
     // Garbage.
     assert!(closed_after(s.pp, b"GET / HTTP/1.1\r\n\r\n", false)
         .await

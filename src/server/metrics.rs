@@ -422,10 +422,33 @@ pub fn spawn(listener: TcpListener, registry: Arc<Registry>) -> io::Result<()> {
 }
 
 /// Reads one HTTP/1.x request (bounded in size and time) and answers it.
+/// Reads from a stream, each read bounded by what is left until one deadline.
+struct DeadlineReader<'a> {
+    stream: &'a TcpStream,
+    deadline: std::time::Instant,
+}
+
+impl io::Read for DeadlineReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self
+            .deadline
+            .checked_duration_since(std::time::Instant::now())
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| io::Error::from(io::ErrorKind::TimedOut))?;
+        self.stream.set_read_timeout(Some(left))?;
+        io::Read::read(&mut self.stream, buf)
+    }
+}
+
 fn answer(stream: TcpStream, registry: &Registry) -> io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    // One deadline for the whole request, so a client trickling bytes cannot hold the
+    // (single) metrics thread.
+    let timed = DeadlineReader {
+        stream: &stream,
+        deadline: std::time::Instant::now() + Duration::from_secs(5),
+    };
     stream.set_write_timeout(Some(Duration::from_secs(5)))?;
-    let mut reader = BufReader::new(io::Read::take(&stream, 8192));
+    let mut reader = BufReader::new(io::Read::take(timed, 8192));
     let mut request_line = String::new();
     reader.read_line(&mut request_line)?;
     // Headers are read and ignored, up to the blank line.

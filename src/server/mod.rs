@@ -139,6 +139,19 @@ fn listeners(
     let threads = config.threads;
     let mut per_worker: Vec<Vec<worker::Listener>> = (0..threads).map(|_| Vec::new()).collect();
     if let Some(sockets) = activated {
+        if sockets.is_empty() {
+            return Err(io::Error::other(
+                "socket activation passed no sockets (LISTEN_FDS=0)",
+            ));
+        }
+        // The same rule as for --listen: no open proxy on a public address by accident.
+        let addrs: Vec<_> = sockets
+            .iter()
+            .filter_map(|a| a.socket.local_addr().ok())
+            .collect();
+        config
+            .check_open_proxy_on(&addrs)
+            .map_err(|e| io::Error::other(e.to_string()))?;
         if !config.listen.is_empty() || !config.proxy_listen.is_empty() {
             info!("socket activation: using the {} socket(s) systemd passed instead of the configured listen addresses", sockets.len());
         }
@@ -185,7 +198,6 @@ pub fn serve(
     on_ready: impl FnOnce(&[std::net::SocketAddr]),
 ) -> Result<(), ServerError> {
     let nofile = raise_nofile_limit();
-    let kind = choose_runtime(config.runtime)?;
     let threads = config.threads;
     let per_worker = listeners(&config, activated).map_err(ServerError::Listen)?;
     let bound: Vec<_> = per_worker[0]
@@ -208,7 +220,14 @@ pub fn serve(
     if let Some(user) = &config.setuid {
         let (uid, gid) = privileges::drop_to(user)?;
         info!(uid, gid, "running as {user}");
+        for f in &config.files {
+            if let Err(e) = std::fs::File::open(f) {
+                warn!("{} is not readable as {user} ({e}): SIGHUP reloads will be rejected; make it readable by that user's group", f.display());
+            }
+        }
     }
+    // After the switch: io_uring may be allowed to root and not to the user.
+    let kind = choose_runtime(config.runtime)?;
     let relay = worker::relay_mode(config.relay);
     info!(
         runtime = ?kind,

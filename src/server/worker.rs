@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{watch, Notify};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::connect::ConnectOptions;
 use super::limits::Limits;
@@ -284,16 +284,30 @@ pub async fn run<N: Net>(id: usize, shared: Shared, listeners: Vec<Listener>) ->
     // cancelled instead.
     stopping.flag.set(true);
     stopping.notify.notify_waiters();
-    for (fd, shared) in fds {
-        if shared {
-            N::cancel_accepts(fd).await;
-        } else {
+    // Every cancel is submitted before any is awaited, and the listeners stay open until all
+    // loops are done, so a cancel by descriptor can never hit a reused descriptor.
+    let mut wakers = Vec::new();
+    for &(fd, shared) in &fds {
+        if !shared {
             shutdown_fd(fd, Shutdown::Both);
+        } else if let Err(e) = N::cancel_accepts(fd).await {
+            // Kernels before 5.19 cannot cancel by descriptor: wake the accept with a
+            // connection of our own, which the stopping loop closes.
+            debug!(
+                worker = id,
+                "cannot cancel accepts on fd {fd} ({e}); waking them"
+            );
+            wakers.extend(wake_accept(fd));
         }
     }
+    let mut closed = Vec::new();
     for l in loops {
-        let _ = l.await;
+        if let Ok(listener) = l.await {
+            closed.push(listener);
+        }
     }
+    drop(closed);
+    drop(wakers);
 
     let drain = ctx.config.drain_timeout;
     if ctx.active.get() > 0 {
@@ -344,33 +358,60 @@ struct Stopping {
     notify: Notify,
 }
 
+/// Connects to the listener on `fd` (its own address, or loopback for a wildcard one) so
+/// that a pending accept completes; the socket is kept until the accept loops have ended.
+fn wake_accept(fd: std::os::fd::RawFd) -> Option<socket2::Socket> {
+    let mut addr = super::net::local_addr_of(fd).ok()?;
+    if addr.ip().is_unspecified() {
+        let lo: std::net::IpAddr = match addr {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        };
+        addr.set_ip(lo);
+    }
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM.nonblocking(),
+        None,
+    )
+    .ok()?;
+    match sock.connect(&addr.into()) {
+        Ok(()) => Some(sock),
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Some(sock),
+        Err(_) => None,
+    }
+}
+
+/// Accepts until stopped; returns the listener, so that the caller decides when it closes.
 async fn accept_loop<N: Net>(
     ctx: Rc<WorkerCtx>,
     listener: N::Listener,
     proxy_protocol: bool,
     stopping: Rc<Stopping>,
-) {
+) -> N::Listener {
     let mut backoff = Duration::from_millis(5);
     loop {
         if stopping.flag.get() {
-            return;
+            return listener;
         }
         let accepted = if N::ACCEPT_CANCEL_SAFE {
             tokio::select! {
                 r = N::accept(&listener) => r,
-                _ = stopping.notify.notified() => return,
+                _ = stopping.notify.notified() => return listener,
             }
         } else {
             N::accept(&listener).await
         };
         match accepted {
+            // Taken while stopping (e.g. our own wake-up connection): close it.
+            Ok(_) if stopping.flag.get() => return listener,
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(5);
                 ctx.metrics.accepted.add(1);
                 let session = session::run::<N>(ctx.clone(), stream, peer, proxy_protocol);
                 tokio::task::spawn_local(session);
             }
-            Err(_) if stopping.flag.get() => return,
+            Err(_) if stopping.flag.get() => return listener,
             Err(e) => match e.raw_os_error() {
                 // Out of descriptors or memory: existing tunnels keep flowing; back off rather
                 // than spin, and retry (the backlog holds new clients meanwhile).

@@ -154,7 +154,9 @@ impl Net for Epoll {
 
     const ACCEPT_CANCEL_SAFE: bool = true;
 
-    async fn cancel_accepts(_fd: RawFd) {}
+    async fn cancel_accepts(_fd: RawFd) -> io::Result<()> {
+        Ok(())
+    }
 
     async fn connect(sock: Rc<Socket>, addr: SockAddr) -> io::Result<()> {
         match sock.connect(&addr) {

@@ -214,8 +214,9 @@ pub trait Net: 'static {
 
     /// Ends the pending accepts on `fd` without touching the socket itself (for sockets that
     /// outlive this process, such as systemd's): io_uring cancels them, which fails them with
-    /// ECANCELED. Runtimes whose accepts are cancel-safe do nothing.
-    async fn cancel_accepts(fd: RawFd);
+    /// ECANCELED (Linux 5.19 and later; an error before). Runtimes whose accepts are
+    /// cancel-safe do nothing.
+    async fn cancel_accepts(fd: RawFd) -> io::Result<()>;
 
     /// Whether sockets handed to this runtime are in non-blocking mode.
     const NONBLOCKING: bool;

@@ -142,15 +142,16 @@ impl Net for Uring {
 
     const ACCEPT_CANCEL_SAFE: bool = false;
 
-    async fn cancel_accepts(fd: RawFd) {
+    async fn cancel_accepts(fd: RawFd) -> io::Result<()> {
         // IORING_OP_ASYNC_CANCEL with IORING_ASYNC_CANCEL_FD | _ALL (Linux 5.19): every
         // operation on this descriptor in this worker's ring.
         let entry =
             opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(fd)).all()).build();
-        if let (Err(e), _) = submit((), entry).await {
-            if e.raw_os_error() != Some(libc::ENOENT) {
-                tracing::warn!("cannot cancel the accept on listener fd {fd}: {e}");
-            }
+        match submit((), entry).await.0 {
+            Ok(_) => Ok(()),
+            // Nothing pending (the loop was between accepts): it sees the stop flag.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            Err(e) => Err(e),
         }
     }
 
