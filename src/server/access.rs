@@ -26,6 +26,12 @@ pub struct Access {
 impl Access {
     /// The reloadable part of `config`.
     pub fn from_config(config: &Config) -> Access {
+        Self::reloaded(config, None)
+    }
+
+    /// The same on a reload: bandwidth buckets whose rate is unchanged carry over from
+    /// `previous`.
+    pub fn reloaded(config: &Config, previous: Option<&Access>) -> Access {
         Access {
             users: config.users.clone(),
             rules: config.rules.clone(),
@@ -33,7 +39,11 @@ impl Access {
                 password_required: !config.users.is_empty(),
                 allow_socks4: config.allow_socks4,
             },
-            bandwidth: Arc::new(Bandwidth::new(config.bandwidth.0, &config.bandwidth.1)),
+            bandwidth: Arc::new(Bandwidth::reusing(
+                config.bandwidth.0,
+                &config.bandwidth.1,
+                previous.map(|p| &*p.bandwidth),
+            )),
         }
     }
 }

@@ -107,16 +107,40 @@ pub struct Bandwidth {
 impl Bandwidth {
     /// Builds the table from the default limit and per-user overrides.
     pub fn new(default: u64, per_user: &[(String, u64)]) -> Self {
+        Self::reusing(default, per_user, None)
+    }
+
+    /// The same, keeping `previous` buckets whose rate did not change (a reload): a user's
+    /// tunnels from before and after it keep drawing from one bucket, and a reload hands out
+    /// no fresh burst.
+    pub fn reusing(default: u64, per_user: &[(String, u64)], previous: Option<&Bandwidth>) -> Self {
         let mut bw = Bandwidth {
             default,
             ..Bandwidth::default()
+        };
+        let old = |name: &str, rate: u64| -> Option<Arc<UserBandwidth>> {
+            let p = previous?;
+            let b = p.buckets.get(name).cloned().or_else(|| {
+                let d = p.defaults.lock().unwrap_or_else(|e| e.into_inner());
+                d.get(name).cloned()
+            })?;
+            (b.up.rate() == rate).then_some(b)
         };
         for (name, rate) in per_user {
             if *rate == 0 {
                 bw.unlimited.insert(name.clone());
             } else {
-                bw.buckets
-                    .insert(name.clone(), Arc::new(UserBandwidth::new(*rate)));
+                let b = old(name, *rate).unwrap_or_else(|| Arc::new(UserBandwidth::new(*rate)));
+                bw.buckets.insert(name.clone(), b);
+            }
+        }
+        if let Some(p) = previous.filter(|p| p.default == default && default > 0) {
+            let d = p.defaults.lock().unwrap_or_else(|e| e.into_inner());
+            let mut mine = bw.defaults.lock().unwrap_or_else(|e| e.into_inner());
+            for (name, b) in d.iter() {
+                if !bw.buckets.contains_key(name) && !bw.unlimited.contains(name) {
+                    mine.insert(name.clone(), b.clone());
+                }
             }
         }
         bw
@@ -226,5 +250,26 @@ mod tests {
         // The same user on two tunnels shares one bucket.
         assert!(Arc::ptr_eq(&a, &bw.for_user("alice").unwrap()));
         assert!(Bandwidth::new(0, &[]).for_user("alice").is_none());
+    }
+
+    #[test]
+    fn a_reload_keeps_unchanged_buckets() {
+        let old = Bandwidth::new(1000, &[("fast".into(), 5000), ("slow".into(), 10)]);
+        let alice = old.for_user("alice").unwrap();
+        let fast = old.for_user("fast").unwrap();
+        let slow = old.for_user("slow").unwrap();
+        let new = Bandwidth::reusing(
+            1000,
+            &[("fast".into(), 5000), ("slow".into(), 20)],
+            Some(&old),
+        );
+        assert!(Arc::ptr_eq(&alice, &new.for_user("alice").unwrap()));
+        assert!(Arc::ptr_eq(&fast, &new.for_user("fast").unwrap()));
+        // A changed rate gets a bucket of its own.
+        assert!(!Arc::ptr_eq(&slow, &new.for_user("slow").unwrap()));
+        assert_eq!(new.for_user("slow").unwrap().up.rate(), 20);
+        // A changed default starts afresh.
+        let other = Bandwidth::reusing(2000, &[], Some(&old));
+        assert_eq!(other.for_user("alice").unwrap().up.rate(), 2000);
     }
 }

@@ -482,7 +482,7 @@ fn reload_access(
     };
     match reload() {
         Ok(config) => {
-            let new = Access::from_config(&config);
+            let new = Access::reloaded(&config, Some(&access.borrow()));
             info!(
                 users = new.users.len(),
                 rules = new.rules.len(),

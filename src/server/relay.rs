@@ -209,7 +209,8 @@ impl<S: Stream> Direction<'_, S> {
             // Bytes that keep coming never make a direct syscall block: yield now and then so
             // that the worker's other tunnels and timers run.
             tokio::task::consume_budget().await;
-            let pool = if large {
+            // A user under a bandwidth limit moves small chunks, so pacing stays smooth.
+            let pool = if large && self.bucket.is_none() {
                 &self.pools.buffers
             } else {
                 &self.pools.small
