@@ -251,8 +251,15 @@ async fn descriptor_exhaustion_refuses_cleanly_and_recovers() {
     let _ = s.write_all(&[5, 1, 0]).await;
     let mut buf = [0u8; 2];
     let r = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
-    assert!(r.is_ok(), "a client was left waiting while out of descriptors");
-    assert!(proxy.wait_logged("out of descriptors: connection refused").await);
+    assert!(
+        r.is_ok(),
+        "a client was left waiting while out of descriptors"
+    );
+    assert!(
+        proxy
+            .wait_logged("out of descriptors: connection refused")
+            .await
+    );
 
     // Tunnels already open keep flowing.
     let first = open.remove(0);
