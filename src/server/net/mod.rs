@@ -123,6 +123,10 @@ pub trait Stream: 'static {
     /// The file descriptor, for socket options and logging.
     fn raw_fd(&self) -> RawFd;
 
+    /// Hands operations queued on the runtime to the kernel now (io_uring; see
+    /// [`uring::flush`]). Nothing to do on epoll.
+    fn flush_submissions(&self) {}
+
     /// The local address of the socket.
     fn local_addr(&self) -> io::Result<SocketAddr> {
         local_addr_of(self.raw_fd())
