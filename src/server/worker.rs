@@ -8,7 +8,7 @@ use std::net::Shutdown;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{watch, Notify};
 use tracing::{debug, error, info, warn};
@@ -390,6 +390,7 @@ async fn accept_loop<N: Net>(
     stopping: Rc<Stopping>,
 ) -> N::Listener {
     let mut backoff = Duration::from_millis(5);
+    let mut last_warning: Option<Instant> = None;
     loop {
         if stopping.flag.get() {
             return listener;
@@ -417,11 +418,20 @@ async fn accept_loop<N: Net>(
                 // than spin, and retry (the backlog holds new clients meanwhile).
                 Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS)
                 | Some(libc::ENOMEM) => {
-                    warn!(
-                        worker = ctx.id,
-                        "accept: {e}; refusing new clients, retrying in {backoff:?}"
-                    );
-                    shed_one::<N>(&ctx, &listener).await;
+                    // Each waiting client is taken and reset, one after another (work done per
+                    // client, not a spin); a pause only when none could be taken.
+                    if shed_one::<N>(&ctx, &listener).await {
+                        tokio::task::yield_now().await;
+                        continue;
+                    }
+                    // At most one warning a second, not one per retry.
+                    if last_warning.map_or(true, |t| t.elapsed() >= Duration::from_secs(1)) {
+                        last_warning = Some(Instant::now());
+                        warn!(
+                            worker = ctx.id,
+                            "accept: {e}; refusing new clients until descriptors free up"
+                        );
+                    }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(1));
                 }
@@ -443,18 +453,24 @@ async fn accept_loop<N: Net>(
 /// Out of descriptors: frees the reserve descriptor, takes the client that could not be
 /// accepted and resets it (it learns at once, and does not sit in the backlog), then takes the
 /// reserve back. The connection stays queued when accept fails, so this is the one waiting.
-async fn shed_one<N: Net>(ctx: &WorkerCtx, listener: &N::Listener) {
+async fn shed_one<N: Net>(ctx: &WorkerCtx, listener: &N::Listener) -> bool {
     let Some(spare) = ctx.reserve.borrow_mut().take() else {
-        return;
+        *ctx.reserve.borrow_mut() = std::fs::File::open("/dev/null").ok();
+        return false;
     };
     drop(spare);
-    if let Ok((stream, peer)) = N::accept(listener).await {
-        stream.abort();
-        drop(stream);
-        ctx.metrics.handshake_failed("no-descriptors");
-        warn!(worker = ctx.id, client = %peer, "out of descriptors: connection refused (reset)");
-    }
+    let shed = match N::accept(listener).await {
+        Ok((stream, peer)) => {
+            stream.abort();
+            drop(stream);
+            ctx.metrics.handshake_failed("no-descriptors");
+            debug!(worker = ctx.id, client = %peer, "out of descriptors: connection refused (reset)");
+            true
+        }
+        Err(_) => false,
+    };
     *ctx.reserve.borrow_mut() = std::fs::File::open("/dev/null").ok();
+    shed && ctx.reserve.borrow().is_some()
 }
 
 #[cfg(test)]
