@@ -418,19 +418,19 @@ async fn accept_loop<N: Net>(
                 // than spin, and retry (the backlog holds new clients meanwhile).
                 Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS)
                 | Some(libc::ENOMEM) => {
-                    // Each waiting client is taken and reset, one after another (work done per
-                    // client, not a spin); a pause only when none could be taken.
-                    if shed_one::<N>(&ctx, &listener).await {
-                        tokio::task::yield_now().await;
-                        continue;
-                    }
-                    // At most one warning a second, not one per retry.
+                    // At most one warning a second, not one per client or retry.
                     if last_warning.map_or(true, |t| t.elapsed() >= Duration::from_secs(1)) {
                         last_warning = Some(Instant::now());
                         warn!(
                             worker = ctx.id,
                             "accept: {e}; refusing new clients until descriptors free up"
                         );
+                    }
+                    // Each waiting client is taken and reset, one after another (work done per
+                    // client, not a spin); a pause only when none could be taken.
+                    if shed_one::<N>(&ctx, &listener).await {
+                        tokio::task::yield_now().await;
+                        continue;
                     }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(1));
