@@ -1,0 +1,4 @@
+//! libFuzzer entry point; the properties are in `ringsocks_fuzz::config` (fuzz/src/lib.rs).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| ringsocks_fuzz::config(data));
