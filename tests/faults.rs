@@ -32,6 +32,10 @@ async fn request_failpoint(proxy: std::net::SocketAddr, name: &str) -> Vec<u8> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(debug_assertions),
+    ignore = "failpoints exist only in debug builds"
+)]
 async fn a_panic_in_a_tunnel_costs_only_that_tunnel() {
     let echo = echo_server("127.0.0.1:0").await;
     let proxy = Proxy::start(&["--threads", "1"]);
@@ -64,6 +68,10 @@ async fn a_panic_in_a_tunnel_costs_only_that_tunnel() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(debug_assertions),
+    ignore = "failpoints exist only in debug builds"
+)]
 async fn a_dead_worker_is_logged_and_restarted() {
     let echo = echo_server("127.0.0.1:0").await;
     let proxy = Proxy::start(&["--threads", "1"]);
