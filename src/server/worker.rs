@@ -414,8 +414,8 @@ async fn accept_loop<N: Net>(
             }
             Err(_) if stopping.flag.get() => return listener,
             Err(e) => match e.raw_os_error() {
-                // Out of descriptors or memory: existing tunnels keep flowing; back off rather
-                // than spin, and retry (the backlog holds new clients meanwhile).
+                // Out of descriptors or memory: existing tunnels keep flowing; waiting clients
+                // are refused at once (below), and accept backs off rather than spins.
                 Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS)
                 | Some(libc::ENOMEM) => {
                     // At most one warning a second, not one per client or retry.
