@@ -16,37 +16,17 @@ DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-2s}
 ROUNDS=${ROUNDS:-3}
 CONC=${CONC:-64}
-LOAD=${LOAD:-$root/target-load/release/ringsocks-load}
-if [ ! -x "$LOAD" ]; then
-    (cd "$root" && CARGO_TARGET_DIR="$root/target-load" cargo build --release -p ringsocks-load)
-fi
-rs=${RINGSOCKS:-$root/target/release/ringsocks}
-[ -x "$rs" ] || (cd "$root" && cargo build --release)
-
-started=()
-tmp=$(mktemp -d)
-cleanup() {
-    for p in "${started[@]}"; do kill "$p" 2>/dev/null || true; done
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
+. "$here/common.sh"
 
 echo "plain:pw" >"$tmp/users"
 echo "pw" | "$rs" passwd --stdin --file "$tmp/users" hashed 2>/dev/null
 echo "pw" | "$rs" passwd --stdin --file "$tmp/users" limited 2>/dev/null
 printf '[user_bandwidth]\nlimited = "10G"\n' >"$tmp/limits.toml"
 
-start() {
-    local port=$1
-    shift
-    "$rs" serve --listen "127.0.0.1:$port" "$@" >"$tmp/ringsocks-$port.log" 2>&1 &
-    started+=("$!")
-    for _ in $(seq 50); do ss -ltn "sport = :$port" | grep -q LISTEN && break; sleep 0.1; done
-}
-start 11200
-noauth_pid=${started[-1]}
-start 11201 --users "$tmp/users" --config "$tmp/limits.toml"
-auth_pid=${started[-1]}
+start_proxy 11200 "$tmp/ringsocks-11200.log"
+noauth_pid=$proxy_pid
+start_proxy 11201 "$tmp/ringsocks-11201.log" --users "$tmp/users" --config "$tmp/limits.toml"
+auth_pid=$proxy_pid
 
 # socks5:// clients wait for each answer, as curl does (RFC 1929 costs one more round trip);
 # socks5+pipe:// clients send greeting, login and request at once, so the difference left is
@@ -58,10 +38,7 @@ compare+=",noauth-pipe=socks5+pipe://127.0.0.1:11200,plain-pipe=socks5+pipe://pl
 compare+=",hashed-pipe=socks5+pipe://hashed:pw@$a"
 pids="$noauth_pid,$auth_pid,$auth_pid,$auth_pid,$noauth_pid,$auth_pid,$auth_pid"
 {
-    echo "date: $(date -u +%FT%TZ)"
-    echo "kernel: $(uname -r)"
-    echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-) x $(nproc)"
-    echo "ringsocks: $rs ($(cd "$root" && git rev-parse --short HEAD 2>/dev/null || echo '?'))"
+    machine_info
     echo "compare: $compare"
 } >"$out/machine.txt"
 

@@ -17,26 +17,11 @@ RATE=${RATE:-2000}
 CONC=${CONC:-32}
 DURATION=${DURATION:-10s}
 ROUNDS=${ROUNDS:-3}
-LOAD=${LOAD:-$root/target-load/release/ringsocks-load}
-if [ ! -x "$LOAD" ]; then
-    (cd "$root" && CARGO_TARGET_DIR="$root/target-load" cargo build --release -p ringsocks-load)
-fi
-rs=${RINGSOCKS:-$root/target/release/ringsocks}
-[ -x "$rs" ] || (cd "$root" && cargo build --release)
-
-started=()
-tmp=$(mktemp -d)
-cleanup() {
-    for p in "${started[@]}"; do kill "$p" 2>/dev/null || true; done
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
+. "$here/common.sh"
 
 port=11300
-"$rs" serve --listen "127.0.0.1:$port" --log-level warn >"$tmp/ringsocks.log" 2>&1 &
-started+=("$!")
-rs_pid=$!
-for _ in $(seq 50); do ss -ltn "sport = :$port" | grep -q LISTEN && break; sleep 0.1; done
+start_proxy "$port" "$tmp/ringsocks.log" --log-level warn
+rs_pid=$proxy_pid
 
 # The attacker: holds ATTACK half-greeting connections until killed.
 cat >"$tmp/attack.py" <<'PY'
@@ -65,10 +50,7 @@ asyncio.run(main())
 PY
 
 {
-    echo "date: $(date -u +%FT%TZ)"
-    echo "kernel: $(uname -r)"
-    echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-) x $(nproc)"
-    echo "ringsocks: $rs ($(cd "$root" && git rev-parse --short HEAD 2>/dev/null || echo '?'))"
+    machine_info
     echo "attack: $ATTACK half-greeting connections; good clients: cps -c $CONC -r $RATE -d $DURATION"
 } >"$out/machine.txt"
 

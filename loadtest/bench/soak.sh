@@ -18,26 +18,11 @@ mkdir -p "$out"
 DURATION=${DURATION:-600s}
 WARMUP_RUN=${WARMUP_RUN:-10s}
 HOLD=${HOLD:-500}
-LOAD=${LOAD:-$root/target-load/release/ringsocks-load}
-if [ ! -x "$LOAD" ]; then
-    (cd "$root" && CARGO_TARGET_DIR="$root/target-load" cargo build --release -p ringsocks-load)
-fi
-rs=${RINGSOCKS:-$root/target/release/ringsocks}
-[ -x "$rs" ] || (cd "$root" && cargo build --release)
-
-started=()
-tmp=$(mktemp -d)
-cleanup() {
-    for p in "${started[@]}"; do kill "$p" 2>/dev/null || true; done
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
+. "$here/common.sh"
 
 port=11400
-"$rs" serve --listen "127.0.0.1:$port" --log-level warn >"$out/ringsocks.log" 2>&1 &
-rs_pid=$!
-started+=("$rs_pid")
-for _ in $(seq 50); do ss -ltn "sport = :$port" | grep -q LISTEN && break; sleep 0.1; done
+start_proxy "$port" "$out/ringsocks.log" --log-level warn
+rs_pid=$proxy_pid
 proxy="socks5://127.0.0.1:$port"
 
 fds() { ls "/proc/$rs_pid/fd" | wc -l; }

@@ -213,31 +213,59 @@ pub async fn socks5_negotiate(
         &[5, 1, 0]
     };
     s.write_all(greeting).await?;
+    match (read_method(s).await?, auth) {
+        (0, _) => Ok(()),
+        (2, Some((user, pass))) => {
+            let mut req = Vec::with_capacity(3 + user.len() + pass.len());
+            push_login(&mut req, user, pass)?;
+            s.write_all(&req).await?;
+            read_login_status(s).await
+        }
+        (m, _) => Err(Fail::NoAcceptableMethod(m)),
+    }
+}
+
+/// An RFC 1929 login request.
+fn push_login(buf: &mut Vec<u8>, user: &str, pass: &str) -> Result<(), Fail> {
+    buf.push(1);
+    push_len_prefixed(buf, user.as_bytes())?;
+    push_len_prefixed(buf, pass.as_bytes())
+}
+
+/// The method selection: the method the proxy chose.
+async fn read_method(s: &mut TcpStream) -> Result<u8, Fail> {
     let mut reply = [0u8; 2];
     s.read_exact(&mut reply).await?;
     if reply[0] != 5 {
         return Err(Fail::Protocol("method reply version is not 5"));
     }
-    match (reply[1], auth) {
-        (0, _) => Ok(()),
-        (2, Some((user, pass))) => {
-            let mut req = Vec::with_capacity(3 + user.len() + pass.len());
-            req.push(1);
-            push_len_prefixed(&mut req, user.as_bytes())?;
-            push_len_prefixed(&mut req, pass.as_bytes())?;
-            s.write_all(&req).await?;
-            let mut st = [0u8; 2];
-            s.read_exact(&mut st).await?;
-            if st[0] != 1 {
-                return Err(Fail::Protocol("auth reply version is not 1"));
-            }
-            if st[1] != 0 {
-                return Err(Fail::AuthRejected(st[1]));
-            }
-            Ok(())
-        }
-        (m, _) => Err(Fail::NoAcceptableMethod(m)),
+    Ok(reply[1])
+}
+
+/// The RFC 1929 status: Ok if the login was accepted.
+async fn read_login_status(s: &mut TcpStream) -> Result<(), Fail> {
+    let mut st = [0u8; 2];
+    s.read_exact(&mut st).await?;
+    if st[0] != 1 {
+        return Err(Fail::Protocol("auth reply version is not 1"));
     }
+    if st[1] != 0 {
+        return Err(Fail::AuthRejected(st[1]));
+    }
+    Ok(())
+}
+
+/// A whole SOCKS5 reply; BND.ADDR:BND.PORT when it is a success.
+async fn read_reply(s: &mut TcpStream) -> Result<Dest, Fail> {
+    let mut head = [0u8; 4];
+    s.read_exact(&mut head).await?;
+    if head[0] != 5 {
+        return Err(Fail::Protocol("reply version is not 5"));
+    }
+    if head[1] != 0 {
+        return Err(Fail::Socks5Reply(head[1]));
+    }
+    read_socks5_addr(s, head[3]).await
 }
 
 /// Greeting (offering only the method the credentials call for), login and CONNECT in one
@@ -247,43 +275,23 @@ async fn socks5_pipelined(
     auth: Option<&(String, String)>,
     dest: &Dest,
 ) -> Result<(), Fail> {
+    let method = if auth.is_some() { 2 } else { 0 };
     let mut out = Vec::with_capacity(64);
-    out.extend_from_slice(&[5, 1, if auth.is_some() { 2 } else { 0 }]);
+    out.extend_from_slice(&[5, 1, method]);
     if let Some((user, pass)) = auth {
-        out.push(1);
-        push_len_prefixed(&mut out, user.as_bytes())?;
-        push_len_prefixed(&mut out, pass.as_bytes())?;
+        push_login(&mut out, user, pass)?;
     }
     out.extend_from_slice(&[5, CMD_CONNECT, 0]);
     encode_socks5_addr(&mut out, dest)?;
     s.write_all(&out).await?;
-    let mut reply = [0u8; 2];
-    s.read_exact(&mut reply).await?;
-    if reply[0] != 5 {
-        return Err(Fail::Protocol("method reply version is not 5"));
-    }
-    if reply[1] != out[2] {
-        return Err(Fail::NoAcceptableMethod(reply[1]));
+    let chosen = read_method(s).await?;
+    if chosen != method {
+        return Err(Fail::NoAcceptableMethod(chosen));
     }
     if auth.is_some() {
-        let mut st = [0u8; 2];
-        s.read_exact(&mut st).await?;
-        if st[0] != 1 {
-            return Err(Fail::Protocol("auth reply version is not 1"));
-        }
-        if st[1] != 0 {
-            return Err(Fail::AuthRejected(st[1]));
-        }
+        read_login_status(s).await?;
     }
-    let mut head = [0u8; 4];
-    s.read_exact(&mut head).await?;
-    if head[0] != 5 {
-        return Err(Fail::Protocol("reply version is not 5"));
-    }
-    if head[1] != 0 {
-        return Err(Fail::Socks5Reply(head[1]));
-    }
-    read_socks5_addr(s, head[3]).await.map(drop)
+    read_reply(s).await.map(drop)
 }
 
 fn push_len_prefixed(buf: &mut Vec<u8>, field: &[u8]) -> Result<(), Fail> {
@@ -319,15 +327,7 @@ pub async fn socks5_command(s: &mut TcpStream, cmd: u8, dest: &Dest) -> Result<D
     req.extend_from_slice(&[5, cmd, 0]);
     encode_socks5_addr(&mut req, dest)?;
     s.write_all(&req).await?;
-    let mut head = [0u8; 4];
-    s.read_exact(&mut head).await?;
-    if head[0] != 5 {
-        return Err(Fail::Protocol("reply version is not 5"));
-    }
-    if head[1] != 0 {
-        return Err(Fail::Socks5Reply(head[1]));
-    }
-    read_socks5_addr(s, head[3]).await
+    read_reply(s).await
 }
 
 async fn read_socks5_addr(s: &mut TcpStream, atyp: u8) -> Result<Dest, Fail> {

@@ -249,14 +249,18 @@ async fn proxy_header<S: Stream>(
         // Whatever arrives after the header is the start of the SOCKS handshake, kept in order.
         let (r, b) = client.read(buf).await;
         buf = b;
-        match r {
-            Ok(0) => return Err(SessionError::ClientClosed),
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
-                return Err(SessionError::ClientClosed)
-            }
-            Err(e) => return Err(SessionError::ClientIo(e)),
-        }
+        read_some(r)?;
+    }
+}
+
+/// A handshake read's outcome: end of stream or a reset is the client closing; anything else
+/// failing is an I/O error.
+fn read_some(r: io::Result<usize>) -> Result<(), SessionError> {
+    match r {
+        Ok(0) => Err(SessionError::ClientClosed),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::ConnectionReset => Err(SessionError::ClientClosed),
+        Err(e) => Err(SessionError::ClientIo(e)),
     }
 }
 
@@ -493,14 +497,7 @@ async fn handshake<S: Stream>(
                     }
                     r => r,
                 };
-                match r {
-                    Ok(0) => return Err(SessionError::ClientClosed),
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
-                        return Err(SessionError::ClientClosed)
-                    }
-                    Err(e) => return Err(SessionError::ClientIo(e)),
-                }
+                read_some(r)?;
             }
         }
     }
