@@ -14,6 +14,7 @@ pub mod rfc1929;
 pub mod socks4;
 pub mod socks5;
 pub mod udp;
+pub mod upstream;
 
 pub use addr::TargetAddr;
 pub use error::{ProtoError, WireReply};
