@@ -7,6 +7,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -14,6 +15,7 @@ use serde::Deserialize;
 use crate::auth::{Users, UsersError};
 use crate::rules::{AccessConfig, Cidr, Rules};
 use crate::server::bandwidth::parse_rate;
+use crate::tls::TlsFiles;
 
 /// Default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:1080";
@@ -149,6 +151,20 @@ pub struct ServeArgs {
     /// After binding the listeners, drop privileges to this user (and its groups)
     #[arg(long, value_name = "USER")]
     pub setuid: Option<String>,
+    /// Address to listen on for SOCKS over TLS (repeatable). Without it, --tls-cert makes
+    /// every --listen address a TLS listener
+    #[arg(long, value_name = "ADDR")]
+    pub tls_listen: Vec<SocketAddr>,
+    /// Certificate chain for TLS listeners (PEM, leaf first); read again on SIGHUP
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key for TLS listeners (PEM: PKCS#8, PKCS#1 or SEC1)
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// CA certificates (PEM): TLS clients must present a certificate one of them signed, and
+    /// its subject common name is the client's user for access rules and limits
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 /// One `--udp-advertise` entry.
@@ -233,9 +249,40 @@ pub struct FileConfig {
     setuid: Option<String>,
     /// Access rules (`[access]`, `[[access.rule]]`).
     access: Option<AccessConfig>,
+    /// `[tls]`: SOCKS over TLS listeners.
+    tls: Option<FileTls>,
     /// `[user_bandwidth]`: `alice = "1M"` (bytes/s each way; 0 exempts a user from the
     /// default).
     user_bandwidth: Option<std::collections::BTreeMap<String, RateValue>>,
+}
+
+/// The `[tls]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTls {
+    listen: Option<Vec<SocketAddr>>,
+    cert: PathBuf,
+    key: PathBuf,
+    client_ca: Option<PathBuf>,
+}
+
+/// A TLS listener's certificate and the configuration built from it.
+#[derive(Clone)]
+pub struct TlsListen {
+    /// Where the certificate, key and client CA are read from.
+    pub files: TlsFiles,
+    /// The rustls configuration.
+    pub server: Arc<rustls::ServerConfig>,
+    /// Problems worth a warning (an expired certificate).
+    pub warnings: Vec<String>,
+}
+
+impl std::fmt::Debug for TlsListen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsListen")
+            .field("files", &self.files)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A rate in the file: bytes per second as a number, or a string like "10M".
@@ -366,8 +413,12 @@ pub struct Config {
     pub metrics: Option<SocketAddr>,
     /// User to switch to after binding.
     pub setuid: Option<String>,
-    /// Files a reload reads again (config file, users file).
+    /// Files a reload reads again (config file, users file, certificates).
     pub files: Vec<PathBuf>,
+    /// SOCKS over TLS listen addresses.
+    pub tls_listen: Vec<SocketAddr>,
+    /// Their certificate, when there are any.
+    pub tls: Option<TlsListen>,
 }
 
 impl Config {
@@ -448,7 +499,8 @@ impl Config {
         } else {
             listen
         };
-        if listen.is_empty() && proxy_listen.is_empty() {
+        let (listen, tls_listen, tls) = tls_settings(args, &file, listen)?;
+        if listen.is_empty() && proxy_listen.is_empty() && tls_listen.is_empty() {
             return Err(ConfigError::Invalid("no listen address".into()));
         }
         let proxy_from = if !args.proxy_from.is_empty() {
@@ -613,8 +665,15 @@ impl Config {
                 .config
                 .iter()
                 .chain(args.users.as_ref().or(file.users_file.as_ref()))
+                .chain(tls.iter().flat_map(|t| {
+                    [&t.files.cert, &t.files.key]
+                        .into_iter()
+                        .chain(t.files.client_ca.as_ref())
+                }))
                 .cloned()
                 .collect(),
+            tls_listen,
+            tls,
         };
         config.check_open_proxy()?;
         Ok(config)
@@ -623,10 +682,17 @@ impl Config {
     /// An open proxy is only allowed on loopback unless explicitly requested.
     fn check_open_proxy(&self) -> Result<(), ConfigError> {
         // A PROXY listener's clients are whoever its header names: the same rule applies.
+        // TLS listeners that require client certificates authenticate their clients.
+        let mtls = self
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.files.client_ca.is_some());
+        let tls_open = if mtls { &[][..] } else { &self.tls_listen[..] };
         let all: Vec<SocketAddr> = self
             .listen
             .iter()
             .chain(&self.proxy_listen)
+            .chain(tls_open)
             .copied()
             .collect();
         self.check_open_proxy_on(&all)
@@ -642,6 +708,64 @@ impl Config {
             None => Ok(()),
         }
     }
+}
+
+/// Plain listen addresses, TLS listen addresses, and the TLS listeners' certificate.
+type ListenSplit = (Vec<SocketAddr>, Vec<SocketAddr>, Option<TlsListen>);
+
+/// The TLS listeners and their certificate, from the flags (which win) or the `[tls]` table.
+/// With a certificate but no TLS listen address, the plain listen addresses serve TLS.
+fn tls_settings(
+    args: &ServeArgs,
+    file: &FileConfig,
+    listen: Vec<SocketAddr>,
+) -> Result<ListenSplit, ConfigError> {
+    let ft = file.tls.as_ref();
+    let files = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: args
+                .tls_client_ca
+                .clone()
+                .or_else(|| ft.and_then(|t| t.client_ca.clone())),
+        }),
+        _ => ft.map(|t| TlsFiles {
+            cert: t.cert.clone(),
+            key: t.key.clone(),
+            client_ca: args.tls_client_ca.clone().or_else(|| t.client_ca.clone()),
+        }),
+    };
+    let mut tls_listen = if !args.tls_listen.is_empty() {
+        args.tls_listen.clone()
+    } else {
+        ft.and_then(|t| t.listen.clone()).unwrap_or_default()
+    };
+    let Some(files) = files else {
+        if !tls_listen.is_empty() {
+            return Err(ConfigError::Invalid(
+                "--tls-listen needs a certificate: --tls-cert FILE --tls-key FILE".into(),
+            ));
+        }
+        return Ok((listen, tls_listen, None));
+    };
+    let mut listen = listen;
+    if tls_listen.is_empty() {
+        tls_listen = std::mem::take(&mut listen);
+    }
+    if let Some(a) = tls_listen.iter().find(|a| listen.contains(a)) {
+        return Err(ConfigError::Invalid(format!(
+            "{a} is both a plain and a TLS listen address"
+        )));
+    }
+    let (server, warnings) =
+        crate::tls::server_config(&files).map_err(|e| ConfigError::Invalid(format!("TLS: {e}")))?;
+    let tls = TlsListen {
+        files,
+        server,
+        warnings,
+    };
+    Ok((listen, tls_listen, Some(tls)))
 }
 
 impl FileConfig {

@@ -23,3 +23,4 @@ pub mod passwd;
 pub mod proto;
 pub mod rules;
 pub mod server;
+pub mod tls;

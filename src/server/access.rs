@@ -1,4 +1,5 @@
-//! What SIGHUP reloads: users, access rules and bandwidth limits, as one immutable snapshot. Each worker holds
+//! What SIGHUP reloads: users, access rules, bandwidth limits and TLS certificates, as one
+//! immutable snapshot. Each worker holds
 //! the current snapshot; a session takes it once when it starts and keeps it to its end, so a
 //! reload applies to new sessions and never changes a live tunnel's rules halfway.
 
@@ -21,6 +22,8 @@ pub struct Access {
     pub auth: AuthPolicy,
     /// Per-user bandwidth limits.
     pub bandwidth: Arc<Bandwidth>,
+    /// TLS listeners' certificate (read again on SIGHUP).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Access {
@@ -44,6 +47,7 @@ impl Access {
                 &config.bandwidth.1,
                 previous.map(|p| &*p.bandwidth),
             )),
+            tls: config.tls.as_ref().map(|t| t.server.clone()),
         }
     }
 }

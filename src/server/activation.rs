@@ -24,9 +24,14 @@ pub struct Activated {
 }
 
 impl Activated {
-    /// Whether connections on it start with a PROXY protocol header.
-    pub fn proxy_protocol(&self) -> bool {
-        self.name == "proxy"
+    /// What connections on it start with: a socket named "proxy" takes a PROXY protocol
+    /// header, one named "tls" a TLS handshake.
+    pub fn front(&self) -> super::worker::Front {
+        match self.name.as_str() {
+            "proxy" => super::worker::Front::ProxyHeader,
+            "tls" => super::worker::Front::Tls,
+            _ => super::worker::Front::Socks,
+        }
     }
 }
 

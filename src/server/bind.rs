@@ -110,7 +110,7 @@ impl<N: Net> Pending<N> {
     pub async fn accept(
         self,
         ctx: &WorkerCtx,
-        control: &N::Stream,
+        control: &impl Stream,
         timeout: Duration,
     ) -> Result<(N::Stream, SocketAddr), BindError> {
         // While waiting, the end-of-drain close (and the idle sweep) can end the BIND like

@@ -15,6 +15,7 @@ pub mod privileges;
 pub mod relay;
 pub mod resolve;
 pub mod session;
+pub mod tls;
 pub mod tunnels;
 pub mod udp;
 pub mod verify;
@@ -156,17 +157,22 @@ fn listeners(
             info!("socket activation: using the {} socket(s) systemd passed instead of the configured listen addresses", sockets.len());
         }
         for a in sockets {
-            let proxy_protocol = a.proxy_protocol();
-            if !proxy_protocol && a.name != "socks" {
+            let front = a.front();
+            if front == worker::Front::Tls && config.tls.is_none() {
+                return Err(io::Error::other(
+                    "socket activation: a socket named \"tls\" needs --tls-cert and --tls-key",
+                ));
+            }
+            if front == worker::Front::Socks && a.name != "socks" {
                 warn!(
-                    "socket activation: descriptor named {:?} served as a plain SOCKS listener (name it \"socks\", or \"proxy\" for PROXY protocol)",
+                    "socket activation: descriptor named {:?} served as a plain SOCKS listener (name it \"socks\", \"proxy\" for PROXY protocol, or \"tls\" for SOCKS over TLS)",
                     a.name
                 );
             }
             for list in per_worker.iter_mut() {
                 list.push(worker::Listener {
                     socket: a.socket.try_clone()?,
-                    proxy_protocol,
+                    front,
                     shared: true,
                 });
             }
@@ -174,12 +180,17 @@ fn listeners(
         return Ok(per_worker);
     }
     let defer = defer_secs(config);
-    for (addrs, proxy_protocol) in [(&config.listen, false), (&config.proxy_listen, true)] {
+    let fronts = [
+        (&config.listen, worker::Front::Socks),
+        (&config.proxy_listen, worker::Front::ProxyHeader),
+        (&config.tls_listen, worker::Front::Tls),
+    ];
+    for (addrs, front) in fronts {
         let bound = listener::bind_all(addrs, threads, config.backlog, defer)?;
         for (list, sockets) in per_worker.iter_mut().zip(bound) {
             list.extend(sockets.into_iter().map(|socket| worker::Listener {
                 socket,
-                proxy_protocol,
+                front,
                 shared: false,
             }));
         }
@@ -205,9 +216,13 @@ pub fn serve(
         .filter_map(|l| l.socket.local_addr().ok())
         .collect();
     for l in &per_worker[0] {
-        if l.proxy_protocol {
-            if let Ok(a) = l.socket.local_addr() {
-                info!("{a}: connections must start with a PROXY protocol v1/v2 header");
+        if let Ok(a) = l.socket.local_addr() {
+            match l.front {
+                worker::Front::ProxyHeader => {
+                    info!("{a}: connections must start with a PROXY protocol v1/v2 header")
+                }
+                worker::Front::Tls => info!("{a}: SOCKS over TLS"),
+                worker::Front::Socks => {}
             }
         }
     }

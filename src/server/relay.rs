@@ -94,9 +94,9 @@ pub struct Meter<'a> {
 
 /// Relays between `client` and `target` until both directions end. `pending` holds bytes
 /// already read from the client (pipelined after its request); they go to the target first.
-pub async fn relay<S: Stream>(
-    client: &S,
-    target: &S,
+pub async fn relay<C: Stream, T: Stream>(
+    client: &C,
+    target: &T,
     pending: Vec<u8>,
     pools: &Pools,
     mode: Mode,
@@ -109,8 +109,14 @@ pub async fn relay<S: Stream>(
     // Both modes move bytes with direct non-blocking syscalls on this thread and wait for
     // readiness (an io_uring poll, or epoll) only when one would block: no kernel worker
     // threads, no operation outliving the tunnel, and nothing held while waiting.
-    for s in [client, target] {
-        if let Err(e) = s.set_nonblocking() {
+    // Through user-space TLS bytes must pass through a buffer.
+    let mode = if client.can_splice() && target.can_splice() {
+        mode
+    } else {
+        Mode::Copy
+    };
+    for r in [client.set_nonblocking(), target.set_nonblocking()] {
+        if let Err(e) = r {
             tracing::warn!("cannot make a socket non-blocking for the relay: {e}");
             client.abort();
             target.abort();
@@ -154,9 +160,9 @@ pub async fn relay<S: Stream>(
     }
 }
 
-struct Direction<'a, S> {
-    from: &'a S,
-    to: &'a S,
+struct Direction<'a, F, T> {
+    from: &'a F,
+    to: &'a T,
     from_side: Side,
     bytes: &'a Cell<u64>,
     /// Bytes moved since this direction last let the others run.
@@ -178,7 +184,7 @@ enum End {
     Switch,
 }
 
-impl<S: Stream> Direction<'_, S> {
+impl<F: Stream, T: Stream> Direction<'_, F, T> {
     async fn run(&self, pending: Vec<u8>, mode: Mode) {
         if !pending.is_empty() {
             // Rare (a client that pipelines payload after its request): boxed, so that the

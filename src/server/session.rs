@@ -15,11 +15,14 @@ use super::connect::happy_eyeballs;
 use super::metrics::WorkerMetrics;
 use super::net::{send_all, Net, Stream};
 use super::relay::{relay, Meter, Side};
+use super::tls::{self, TlsStream};
 use super::udp::{Association, UdpStats};
-use super::worker::WorkerCtx;
+use super::worker::{Front, WorkerCtx};
 use crate::auth::Check;
 use crate::proto::proxy::{self, ProxyError, ProxyHeader};
-use crate::proto::{Command, Event, Handshake, ProtoError, ReplyCode, Request, TargetAddr};
+use crate::proto::{
+    AuthPolicy, Command, Event, Handshake, ProtoError, ReplyCode, Request, TargetAddr,
+};
 use crate::rules::{Query, Rules};
 use std::sync::Arc;
 
@@ -48,6 +51,9 @@ enum SessionError {
     /// A PROXY protocol listener was reached from outside `--proxy-from`.
     #[error("PROXY protocol listener reached from an address outside --proxy-from")]
     UntrustedBalancer,
+    /// The TLS handshake failed (a certificate refused, not TLS at all, a closed connection).
+    #[error("TLS handshake: {0}")]
+    Tls(io::Error),
 }
 
 impl SessionError {
@@ -60,46 +66,109 @@ impl SessionError {
             SessionError::HandshakeTimeout => "timeout",
             SessionError::ProxyHeader(_) => "proxy-header",
             SessionError::UntrustedBalancer => "proxy-untrusted",
+            SessionError::Tls(_) => "tls",
         }
     }
 }
 
 /// Runs one session to completion. Never panics on peer input; errors end up in the log.
-/// On a PROXY protocol listener (`proxy_protocol`), the connection starts with a header
-/// naming the real client, which from then on is `peer` for rules, limits and logs.
-pub async fn run<N: Net>(
-    ctx: Rc<WorkerCtx>,
-    client: N::Stream,
-    mut peer: SocketAddr,
-    proxy_protocol: bool,
-) {
+/// On a PROXY protocol listener, the connection starts with a header naming the real client,
+/// which from then on is `peer` for rules, limits and logs. On a TLS listener, the TLS
+/// handshake comes first and the session runs inside it.
+pub async fn run<N: Net>(ctx: Rc<WorkerCtx>, client: N::Stream, peer: SocketAddr, front: Front) {
     let _active = ctx.enter();
-    // Users and rules as they are now: a reload applies to sessions that start after it.
+    // Users, rules and certificate as they are now: a reload applies to sessions that start
+    // after it.
     let access = ctx.access();
     let started = Instant::now();
-    let timeout = ctx.config.handshake_timeout;
+    let deadline = tokio::time::Instant::now() + ctx.config.handshake_timeout;
+    let opened = Opened {
+        peer,
+        started,
+        deadline,
+        proxy_protocol: front == Front::ProxyHeader,
+        identity: None,
+        tls: None,
+    };
+    if front != Front::Tls {
+        return serve::<N, _>(&ctx, access, client, opened).await;
+    }
+    let Some(config) = access.tls.clone() else {
+        warn!(client = %peer, "TLS listener without a certificate: connection closed");
+        client.shutdown(Shutdown::Both);
+        return;
+    };
+    let accepted = Box::pin(tokio::time::timeout_at(
+        deadline,
+        tls::accept(&client, config),
+    ))
+    .await;
+    let e = match accepted {
+        Ok(Ok(conn)) => {
+            let client = TlsStream::new(client, conn);
+            debug!(client = %peer, "TLS {}", client.describe());
+            let opened = Opened {
+                identity: client.peer_identity(),
+                tls: Some("user-space"),
+                ..opened
+            };
+            return serve::<N, _>(&ctx, access, client, opened).await;
+        }
+        Ok(Err(e)) => SessionError::Tls(e),
+        // Shut the socket down before the handshake's wait is dropped (see below).
+        Err(_) => SessionError::HandshakeTimeout,
+    };
+    log_handshake_failure(&ctx, peer, &e);
+    client.shutdown(Shutdown::Both);
+}
+
+/// What a session knows once its connection is open (and, on a TLS listener, its TLS
+/// handshake done).
+struct Opened {
+    peer: SocketAddr,
+    started: Instant,
+    /// The handshake's deadline (the TLS handshake included).
+    deadline: tokio::time::Instant,
+    proxy_protocol: bool,
+    /// The user a verified TLS client certificate names.
+    identity: Option<String>,
+    /// How TLS is carried, for the access log ("user-space" or "ktls").
+    tls: Option<&'static str>,
+}
+
+/// The SOCKS session proper, on a plain or TLS client stream.
+async fn serve<N: Net, C: Stream>(ctx: &WorkerCtx, access: Arc<Access>, client: C, o: Opened) {
+    let Opened {
+        mut peer,
+        started,
+        deadline,
+        proxy_protocol,
+        identity,
+        tls,
+    } = o;
     // The handshake and the connect are boxed: their state is freed once they are done, so a
     // long-lived tunnel's task holds only what the relay needs.
-    let hs = Box::pin(tokio::time::timeout(timeout, async {
+    let hs = Box::pin(tokio::time::timeout_at(deadline, async {
         let mut initial = Vec::with_capacity(HANDSHAKE_BUF);
         if proxy_protocol {
-            peer = proxy_header(&ctx, &client, peer, &mut initial).await?;
+            peer = proxy_header(ctx, &client, peer, &mut initial).await?;
         }
-        handshake(&ctx, &access, &client, peer, initial).await
+        let certified = identity.is_some();
+        handshake(ctx, &access, &client, peer, initial, certified).await
     }))
     .await;
     let done = match hs {
         Ok(Ok(done)) => done,
         Ok(Err(e)) => {
             // The reply the error deserves was already written by `handshake`.
-            log_handshake_failure(&ctx, peer, &e);
+            log_handshake_failure(ctx, peer, &e);
             client.shutdown(Shutdown::Both);
             return;
         }
         Err(_) => {
             // Shut the socket down before the read future is dropped: a pending io_uring
             // read would otherwise keep the descriptor open.
-            log_handshake_failure(&ctx, peer, &SessionError::HandshakeTimeout);
+            log_handshake_failure(ctx, peer, &SessionError::HandshakeTimeout);
             client.shutdown(Shutdown::Both);
             return;
         }
@@ -114,23 +183,25 @@ pub async fn run<N: Net>(
     } = done;
 
     #[cfg(debug_assertions)]
-    super::worker::failpoint(&ctx, &request.target);
-
-    let log = AccessLog {
-        peer,
-        user: user.as_deref().or(request.userid.as_deref()),
-        request: &request,
-        started,
-        metrics: &ctx.metrics,
-    };
+    super::worker::failpoint(ctx, &request.target);
 
     // Access rules: the request as given (a name is checked again per address once resolved).
     // A username only means something when users are configured: in open mode a client
-    // that offers RFC 1929 is let in under any name, which must not match user rules.
+    // that offers RFC 1929 is let in under any name, which must not match user rules. A
+    // verified client certificate names its user; a password login, if the client also
+    // made one, comes second.
     let rule_user = if access.users.is_empty() {
-        None
+        identity.as_deref()
     } else {
-        user.as_deref()
+        user.as_deref().or(identity.as_deref())
+    };
+    let log = AccessLog {
+        peer,
+        user: rule_user.or(user.as_deref()).or(request.userid.as_deref()),
+        request: &request,
+        started,
+        metrics: &ctx.metrics,
+        tls,
     };
     let query = Query::for_target(peer.ip(), rule_user, request.command, &request.target);
     let verdict = access.rules.check(&query);
@@ -155,14 +226,14 @@ pub async fn run<N: Net>(
         Command::Connect => {}
         Command::UdpAssociate => {
             let who = (rule_user, access.clone());
-            return associate::<N>(&ctx, &client, peer, who, &hs, out, &log).await;
+            return associate::<N>(ctx, &client, peer, who, &hs, out, &log).await;
         }
         Command::Bind => {
             let bandwidth = rule_user.and_then(|u| access.bandwidth.for_user(u));
             let tap = Tap {
                 bandwidth: bandwidth.as_deref(),
             };
-            return bind::<N>(&ctx, client, &hs, out, &log, (buf, consumed), tap).await;
+            return bind::<N>(ctx, client, &hs, out, &log, (buf, consumed), tap).await;
         }
     }
 
@@ -170,7 +241,7 @@ pub async fn run<N: Net>(
     let connect_started = Instant::now();
     let connected = Box::pin(tokio::time::timeout(
         connect_timeout,
-        connect::<N>(&ctx, &access.rules, &request.target, &query),
+        connect::<N>(ctx, &access.rules, &request.target, &query),
     ))
     .await;
     let (target, target_addr) = match connected {
@@ -206,7 +277,7 @@ pub async fn run<N: Net>(
     let tap = Tap {
         bandwidth: bandwidth.as_deref(),
     };
-    run_relay(&ctx, &client, &target, buf, &log, target_addr, tap).await;
+    run_relay(ctx, &client, &target, buf, &log, target_addr, tap).await;
 }
 
 /// Reads the PROXY protocol header a balancer sends first; returns the client it names (or
@@ -267,10 +338,10 @@ fn read_some(r: io::Result<usize>) -> Result<(), SessionError> {
 /// Relays an established tunnel and logs it. The relay leaves both sockets shut down (FIN
 /// sent each way, or both aborted on an error or shut by the idle sweep); dropping them closes
 /// them, after the registration is gone.
-async fn run_relay<S: Stream>(
+async fn run_relay<C: Stream, T: Stream>(
     ctx: &WorkerCtx,
-    client: &S,
-    target: &S,
+    client: &C,
+    target: &T,
     pending: Vec<u8>,
     log: &AccessLog<'_>,
     via: SocketAddr,
@@ -294,7 +365,7 @@ async fn run_relay<S: Stream>(
 /// control connection closes.
 async fn associate<N: Net>(
     ctx: &WorkerCtx,
-    client: &N::Stream,
+    client: &impl Stream,
     peer: SocketAddr,
     (user, access): (Option<&str>, Arc<Access>),
     hs: &Handshake,
@@ -326,7 +397,7 @@ async fn associate<N: Net>(
 /// reply with its address, then relay as for CONNECT.
 async fn bind<N: Net>(
     ctx: &WorkerCtx,
-    client: N::Stream,
+    client: impl Stream,
     hs: &Handshake,
     mut out: Vec<u8>,
     log: &AccessLog<'_>,
@@ -404,8 +475,14 @@ async fn handshake<S: Stream>(
     client: &S,
     peer: SocketAddr,
     mut buf: Vec<u8>,
+    certified: bool,
 ) -> Result<Handshaken, SessionError> {
-    let mut hs = Handshake::new(access.auth);
+    // A verified client certificate is authentication enough: no password is asked for.
+    let policy = AuthPolicy {
+        password_required: access.auth.password_required && !certified,
+        ..access.auth
+    };
+    let mut hs = Handshake::new(policy);
     let mut out = Vec::with_capacity(32);
     let mut consumed = 0;
     let mut user = None;
@@ -563,6 +640,8 @@ struct AccessLog<'a> {
     request: &'a Request,
     started: Instant,
     metrics: &'a WorkerMetrics,
+    /// How the client's TLS is carried, on a TLS listener.
+    tls: Option<&'static str>,
 }
 
 /// What a tunnel's relay is metered by besides the worker's byte counters.
@@ -646,6 +725,7 @@ impl AccessLog<'_> {
             ms = self.started.elapsed().as_millis() as u64,
             error_side = side,
             error = %error,
+            tls = self.tls.unwrap_or("-"),
             "{how}"
         );
     }

@@ -130,7 +130,7 @@ impl<N: Net> Association<N> {
     /// DST.PORT of its request).
     pub fn open(
         ctx: &WorkerCtx,
-        control: &N::Stream,
+        control: &impl Stream,
         peer: SocketAddr,
         user: Option<&str>,
         access: Arc<Access>,
@@ -198,7 +198,7 @@ impl<N: Net> Association<N> {
 
     /// Relays until the control connection closes, the idle sweep fires, or the worker
     /// closes everything at the end of a drain.
-    pub async fn run(self, ctx: &WorkerCtx, control: &N::Stream) -> UdpStats {
+    pub async fn run(self, ctx: &WorkerCtx, control: &impl Stream) -> UdpStats {
         // The idle sweep and the end-of-drain close shut down the control connection only:
         // its watcher then ends the association in order (flag first, then the UDP sockets),
         // so no datagram loop ever polls a shut-down socket without knowing why.
@@ -229,7 +229,7 @@ impl<N: Net> Association<N> {
 
     /// Waits for the control connection to close. Bytes the client sends on it mean nothing
     /// in RFC 1928 and are discarded.
-    async fn watch_control(&self, control: &N::Stream) {
+    async fn watch_control(&self, control: &impl Stream) {
         let mut sink: Vec<u8> = Vec::new();
         loop {
             if self.ended.get() || control.readable().await.is_err() {

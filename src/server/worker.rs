@@ -136,12 +136,23 @@ pub struct Shared {
     pub ready: std::sync::mpsc::Sender<usize>,
 }
 
+/// What a listener's connections start with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Front {
+    /// The SOCKS handshake.
+    Socks,
+    /// A PROXY protocol header, then the SOCKS handshake.
+    ProxyHeader,
+    /// A TLS handshake, then the SOCKS handshake inside TLS.
+    Tls,
+}
+
 /// A listening socket and what its connections start with.
 pub struct Listener {
     /// The socket.
     pub socket: std::net::TcpListener,
-    /// Connections start with a PROXY protocol header.
-    pub proxy_protocol: bool,
+    /// What connections start with.
+    pub front: Front,
     /// Shared with other processes (systemd socket activation): never shut down here.
     pub shared: bool,
 }
@@ -151,7 +162,7 @@ impl Listener {
     pub fn try_clone(&self) -> io::Result<Listener> {
         Ok(Listener {
             socket: self.socket.try_clone()?,
-            proxy_protocol: self.proxy_protocol,
+            front: self.front,
             shared: self.shared,
         })
     }
@@ -202,12 +213,12 @@ pub async fn run<N: Net>(id: usize, shared: Shared, listeners: Vec<Listener>) ->
     let mut loops = Vec::new();
     for l in listeners {
         fds.push((l.socket.as_raw_fd(), l.shared));
-        let proxy = l.proxy_protocol;
+        let front = l.front;
         let listener = N::listener(l.socket)?;
         loops.push(tokio::task::spawn_local(accept_loop::<N>(
             ctx.clone(),
             listener,
-            proxy,
+            front,
             stopping.clone(),
         )));
     }
@@ -386,7 +397,7 @@ fn wake_accept(fd: std::os::fd::RawFd) -> Option<socket2::Socket> {
 async fn accept_loop<N: Net>(
     ctx: Rc<WorkerCtx>,
     listener: N::Listener,
-    proxy_protocol: bool,
+    front: Front,
     stopping: Rc<Stopping>,
 ) -> N::Listener {
     let mut backoff = Duration::from_millis(5);
@@ -409,7 +420,7 @@ async fn accept_loop<N: Net>(
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(5);
                 ctx.metrics.accepted.add(1);
-                let session = session::run::<N>(ctx.clone(), stream, peer, proxy_protocol);
+                let session = session::run::<N>(ctx.clone(), stream, peer, front);
                 tokio::task::spawn_local(session);
             }
             Err(_) if stopping.flag.get() => return listener,

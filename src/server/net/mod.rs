@@ -46,6 +46,17 @@ pub trait Stream: 'static {
         send_now(self.raw_fd(), data)
     }
 
+    /// Sends what an earlier write left queued in user space (a TLS stream's records); `Ok`
+    /// once nothing is, `WouldBlock` when the socket is full. Plain sockets queue nothing.
+    fn try_flush(&self) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// Whether bytes can be spliced to and from this stream (not through user-space TLS).
+    fn can_splice(&self) -> bool {
+        true
+    }
+
     /// Whether the stream is at its end right now (nothing left to read, peer closed), asked
     /// without a buffer: `recv(MSG_PEEK | MSG_DONTWAIT)` of one byte.
     fn at_eof(&self) -> io::Result<bool> {
@@ -138,7 +149,12 @@ pub trait Stream: 'static {
 /// room, as it almost always does), then through the runtime for whatever is left.
 pub async fn send_all<S: Stream>(s: &S, mut buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
     match s.try_write(&buf) {
-        Ok(n) if n == buf.len() => return (Ok(()), buf),
+        Ok(n) if n == buf.len() => match s.try_flush() {
+            Ok(()) => return (Ok(()), buf),
+            // Queued in user space (TLS): a write of nothing sends it.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => buf.clear(),
+            Err(e) => return (Err(e), buf),
+        },
         Ok(n) => {
             buf.drain(..n);
         }
@@ -149,16 +165,23 @@ pub async fn send_all<S: Stream>(s: &S, mut buf: Vec<u8>) -> (io::Result<()>, Ve
 }
 
 /// Writes all of `data` to a socket in non-blocking mode (the relay's): direct `send(2)`s,
-/// waiting for room between them.
+/// waiting for room between them, until nothing is left queued (see [`Stream::try_flush`]).
 pub async fn write_ready<S: Stream>(s: &S, mut data: &[u8]) -> io::Result<()> {
-    while !data.is_empty() {
-        match s.try_write(data) {
+    loop {
+        let r = if data.is_empty() {
+            match s.try_flush() {
+                Ok(()) => return Ok(()),
+                Err(e) => Err(e),
+            }
+        } else {
+            s.try_write(data)
+        };
+        match r {
             Ok(n) => data = &data[n..],
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Box::pin(s.writable()).await?,
             Err(e) => return Err(e),
         }
     }
-    Ok(())
 }
 
 /// What a readability wait saw.

@@ -1,0 +1,325 @@
+//! TLS in user space over a worker's stream: rustls's sans-I/O connection driven by the same
+//! direct non-blocking `recv(2)`/`send(2)` calls and readiness waits as the plain relay, so a
+//! TLS tunnel runs on either runtime and holds nothing while idle but rustls's state.
+//!
+//! [`TlsStream`] is a [`Stream`]: the session, the handshake and the relay's copy mode use it
+//! exactly as a plain socket (splice is impossible through user-space TLS, so the relay copies
+//! for it). Reads decrypt what the socket holds; writes encrypt and send, and a write that the
+//! socket cannot take at once stays queued in rustls until [`Stream::try_flush`] sends it.
+
+use std::cell::RefCell;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::os::fd::RawFd;
+use std::sync::Arc;
+
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, Connection, ServerConfig, ServerConnection};
+
+use super::net::{send_now, Readable, Stream};
+use super::pool::Pipe;
+
+/// Most plaintext encrypted per write: rustls queues the records until they are sent.
+const WRITE_CHUNK: usize = 64 * 1024;
+
+/// A stream carrying TLS, decrypted and encrypted in user space.
+pub struct TlsStream<S> {
+    io: S,
+    conn: RefCell<Connection>,
+}
+
+/// Runs the server side of a TLS handshake on `io` (which stays the caller's, so that a
+/// timed-out handshake can be ended with `shutdown` before its future is dropped).
+pub async fn accept<S: Stream>(io: &S, config: Arc<ServerConfig>) -> io::Result<Connection> {
+    let conn = ServerConnection::new(config).map_err(invalid)?;
+    handshake(io, conn.into()).await
+}
+
+/// Runs the client side of a TLS handshake with a parent proxy named `name`.
+pub async fn connect<S: Stream>(
+    io: &S,
+    config: Arc<ClientConfig>,
+    name: ServerName<'static>,
+) -> io::Result<Connection> {
+    let conn = ClientConnection::new(config, name).map_err(invalid)?;
+    handshake(io, conn.into()).await
+}
+
+async fn handshake<S: Stream>(io: &S, mut conn: Connection) -> io::Result<Connection> {
+    let fd = io.raw_fd();
+    loop {
+        while conn.wants_write() {
+            match conn.write_tls(&mut Fd(fd)) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => io.writable().await?,
+                Err(e) => return Err(e),
+            }
+        }
+        if !conn.is_handshaking() {
+            return Ok(conn);
+        }
+        match conn.read_tls(&mut Fd(fd)) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "peer closed the connection during the TLS handshake",
+                ))
+            }
+            Ok(_) => {
+                if let Err(e) = conn.process_new_packets() {
+                    // The alert rustls queued tells the peer why; sent if it fits now.
+                    let _ = conn.write_tls(&mut Fd(fd));
+                    return Err(invalid(e));
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                io.readable().await?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+impl<S: Stream> TlsStream<S> {
+    /// Wraps `io` and a connection whose handshake is done.
+    pub fn new(io: S, conn: Connection) -> Self {
+        TlsStream {
+            io,
+            conn: RefCell::new(conn),
+        }
+    }
+
+    /// The protocol version and cipher suite agreed, for logs.
+    pub fn describe(&self) -> String {
+        let conn = self.conn.borrow();
+        let version = conn
+            .protocol_version()
+            .map_or("?".into(), |v| format!("{v:?}"));
+        let suite = conn
+            .negotiated_cipher_suite()
+            .map_or("?".into(), |s| format!("{:?}", s.suite()));
+        format!("{version} {suite}")
+    }
+
+    /// The subject common name of the certificate the peer presented (verified by the
+    /// handshake), if any.
+    pub fn peer_identity(&self) -> Option<String> {
+        let conn = self.conn.borrow();
+        let cert = conn.peer_certificates()?.first()?;
+        crate::tls::client_identity(cert)
+    }
+
+    /// Sends queued TLS records until none are left (`Ok`) or the socket is full
+    /// (`WouldBlock`).
+    fn flush(&self, conn: &mut Connection) -> io::Result<()> {
+        while conn.wants_write() {
+            conn.write_tls(&mut Fd(self.io.raw_fd()))?;
+        }
+        Ok(())
+    }
+
+    /// Plaintext already decrypted, into the spare capacity of `buf`.
+    fn read_plain(conn: &mut Connection, buf: &mut Vec<u8>) -> io::Result<usize> {
+        let len = buf.len();
+        buf.resize(buf.capacity(), 0);
+        let r = conn.reader().read(&mut buf[len..]);
+        buf.truncate(len + *r.as_ref().unwrap_or(&0));
+        r
+    }
+}
+
+impl<S: Stream> Stream for TlsStream<S> {
+    async fn read(&self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        loop {
+            match self.try_read(&mut buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if let Err(e) = self.readable().await {
+                        return (Err(e), buf);
+                    }
+                }
+                r => return (r, buf),
+            }
+        }
+    }
+
+    async fn write_all(&self, buf: Vec<u8>) -> (io::Result<()>, Vec<u8>) {
+        let mut data = &buf[..];
+        loop {
+            let r = if data.is_empty() {
+                self.try_flush().map(|()| 0)
+            } else {
+                self.try_write(data)
+            };
+            match r {
+                Ok(n) => {
+                    data = &data[n..];
+                    if data.is_empty() && n == 0 {
+                        return (Ok(()), buf);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if let Err(e) = self.io.writable().await {
+                        return (Err(e), buf);
+                    }
+                }
+                Err(e) => return (Err(e), buf),
+            }
+        }
+    }
+
+    async fn readable(&self) -> io::Result<Readable> {
+        {
+            let mut conn = self.conn.borrow_mut();
+            let state = conn.process_new_packets().map_err(invalid)?;
+            if state.plaintext_bytes_to_read() > 0 || state.peer_has_closed() {
+                return Ok(Readable {
+                    hangup: state.peer_has_closed(),
+                });
+            }
+        }
+        self.io.readable().await
+    }
+
+    /// Decrypted bytes: those rustls holds, else what the socket has now. End of stream is the
+    /// peer's close_notify, or the TCP end without one (which many clients do; the relay
+    /// carries either as a half-close).
+    fn try_read(&self, buf: &mut Vec<u8>) -> io::Result<usize> {
+        if buf.len() == buf.capacity() {
+            return Err(io::ErrorKind::InvalidInput.into());
+        }
+        let mut conn = self.conn.borrow_mut();
+        let mut eof = false;
+        loop {
+            match Self::read_plain(&mut conn, buf) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && eof => return Ok(0),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+                Err(e) => return Err(e),
+            }
+            eof = conn.read_tls(&mut Fd(self.io.raw_fd()))? == 0;
+            if let Err(e) = conn.process_new_packets() {
+                let _ = conn.write_tls(&mut Fd(self.io.raw_fd()));
+                return Err(invalid(e));
+            }
+            // A post-handshake message may want an answer (a key update).
+            match self.flush(&mut conn) {
+                Err(e) if e.kind() != io::ErrorKind::WouldBlock => return Err(e),
+                _ => {}
+            }
+        }
+    }
+
+    /// Encrypts up to [`WRITE_CHUNK`] bytes of `data` once earlier records are sent, and sends
+    /// what the socket takes now; the rest of those records waits in rustls for the next
+    /// write or [`Stream::try_flush`].
+    fn try_write(&self, data: &[u8]) -> io::Result<usize> {
+        let mut conn = self.conn.borrow_mut();
+        self.flush(&mut conn)?;
+        let n = conn.writer().write(&data[..data.len().min(WRITE_CHUNK)])?;
+        match self.flush(&mut conn) {
+            Err(e) if e.kind() != io::ErrorKind::WouldBlock => Err(e),
+            _ => Ok(n),
+        }
+    }
+
+    fn try_flush(&self) -> io::Result<()> {
+        self.flush(&mut self.conn.borrow_mut())
+    }
+
+    fn at_eof(&self) -> io::Result<bool> {
+        // The socket's own end says nothing about records still to decrypt: read to find out.
+        Ok(false)
+    }
+
+    async fn read_now(&self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {
+        let r = self.try_read(&mut buf);
+        (r, buf)
+    }
+
+    async fn writable(&self) -> io::Result<()> {
+        self.io.writable().await
+    }
+
+    async fn closed(&self) {
+        self.io.closed().await
+    }
+
+    fn set_nonblocking(&self) -> io::Result<()> {
+        self.io.set_nonblocking()
+    }
+
+    fn can_splice(&self) -> bool {
+        false
+    }
+
+    fn try_splice_in(&self, _pipe: &Pipe, _len: usize) -> io::Result<usize> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+
+    fn try_splice_out(&self, _pipe: &Pipe, _len: usize) -> io::Result<usize> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+
+    /// A write shutdown sends close_notify first (if the socket takes it now).
+    fn shutdown(&self, how: Shutdown) {
+        if how != Shutdown::Read {
+            let mut conn = self.conn.borrow_mut();
+            conn.send_close_notify();
+            let _ = self.flush(&mut conn);
+        }
+        self.io.shutdown(how)
+    }
+
+    fn abort(&self) {
+        self.io.abort()
+    }
+
+    fn raw_fd(&self) -> RawFd {
+        self.io.raw_fd()
+    }
+
+    fn flush_submissions(&self) {
+        self.io.flush_submissions()
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.io.local_addr()
+    }
+}
+
+/// A socket as rustls's `Read` and `Write`: one non-blocking syscall each.
+struct Fd(RawFd);
+
+impl Read for Fd {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        // Safety: the pointer and length describe `buf`, which recv may fill.
+        let r = unsafe {
+            libc::recv(
+                self.0,
+                buf.as_mut_ptr() as *mut libc::c_void,
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(r as usize)
+        }
+    }
+}
+
+impl Write for Fd {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        send_now(self.0, buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn invalid(e: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
