@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::auth::{Users, UsersError};
+use crate::route::{RouteConfig, Routes};
 use crate::rules::{AccessConfig, Cidr, Rules};
 use crate::server::bandwidth::parse_rate;
 use crate::tls::TlsFiles;
@@ -165,6 +166,16 @@ pub struct ServeArgs {
     /// its subject common name is the client's user for access rules and limits
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
+    /// Send CONNECT requests through this parent proxy unless a `[[route]]` says otherwise:
+    /// `socks5://[USER:PASS@]HOST:PORT`, `socks5+tls://…[?ca=FILE&sni=NAME]` or
+    /// `http://[USER:PASS@]HOST:PORT` (HTTP CONNECT). From the environment, it stays out of `ps`
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "RINGSOCKS_UPSTREAM",
+        hide_env_values = true
+    )]
+    pub upstream: Option<String>,
 }
 
 /// One `--udp-advertise` entry.
@@ -249,8 +260,12 @@ pub struct FileConfig {
     setuid: Option<String>,
     /// Access rules (`[access]`, `[[access.rule]]`).
     access: Option<AccessConfig>,
+    /// Default parent proxy (`--upstream`).
+    upstream: Option<String>,
     /// `[tls]`: SOCKS over TLS listeners.
     tls: Option<FileTls>,
+    /// `[[route]]`: requests sent through parent proxies.
+    route: Option<Vec<RouteConfig>>,
     /// `[user_bandwidth]`: `alice = "1M"` (bytes/s each way; 0 exempts a user from the
     /// default).
     user_bandwidth: Option<std::collections::BTreeMap<String, RateValue>>,
@@ -419,6 +434,8 @@ pub struct Config {
     pub tls_listen: Vec<SocketAddr>,
     /// Their certificate, when there are any.
     pub tls: Option<TlsListen>,
+    /// Parent proxies and which requests go through them.
+    pub routes: Routes,
 }
 
 impl Config {
@@ -674,6 +691,11 @@ impl Config {
                 .collect(),
             tls_listen,
             tls,
+            routes: Routes::compile(
+                file.route.as_deref().unwrap_or_default(),
+                args.upstream.as_deref().or(file.upstream.as_deref()),
+            )
+            .map_err(ConfigError::Invalid)?,
         };
         config.check_open_proxy()?;
         Ok(config)

@@ -21,6 +21,7 @@ pub mod config;
 pub mod doctor;
 pub mod passwd;
 pub mod proto;
+pub mod route;
 pub mod rules;
 pub mod server;
 pub mod tls;

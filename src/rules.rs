@@ -397,6 +397,13 @@ impl Rules {
         })
     }
 
+    /// The index of the first rule that matches (routes use rules as their matchers).
+    pub fn position(&self, q: &Query<'_>) -> Option<usize> {
+        let client = ip_bits(q.client);
+        let cmd = command_bit(q.command);
+        self.rules.iter().position(|r| r.matches(client, cmd, q))
+    }
+
     fn matching(&self, q: &Query<'_>) -> Option<Verdict<'_>> {
         let client = ip_bits(q.client);
         let cmd = command_bit(q.command);

@@ -1,5 +1,5 @@
-//! What SIGHUP reloads: users, access rules, bandwidth limits and TLS certificates, as one
-//! immutable snapshot. Each worker holds
+//! What SIGHUP reloads: users, access rules, bandwidth limits, routes and TLS certificates,
+//! as one immutable snapshot. Each worker holds
 //! the current snapshot; a session takes it once when it starts and keeps it to its end, so a
 //! reload applies to new sessions and never changes a live tunnel's rules halfway.
 
@@ -9,6 +9,7 @@ use super::bandwidth::Bandwidth;
 use crate::auth::Users;
 use crate::config::Config;
 use crate::proto::AuthPolicy;
+use crate::route::Routes;
 use crate::rules::Rules;
 
 /// Users, rules and the handshake policy they imply.
@@ -22,6 +23,8 @@ pub struct Access {
     pub auth: AuthPolicy,
     /// Per-user bandwidth limits.
     pub bandwidth: Arc<Bandwidth>,
+    /// Parent proxies and the routes to them.
+    pub routes: Routes,
     /// TLS listeners' certificate (read again on SIGHUP).
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
@@ -48,6 +51,7 @@ impl Access {
                 previous.map(|p| &*p.bandwidth),
             )),
             tls: config.tls.as_ref().map(|t| t.server.clone()),
+            routes: config.routes.clone(),
         }
     }
 }

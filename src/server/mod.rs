@@ -18,6 +18,7 @@ pub mod session;
 pub mod tls;
 pub mod tunnels;
 pub mod udp;
+pub mod upstream;
 pub mod verify;
 pub mod worker;
 

@@ -17,12 +17,14 @@ use super::net::{send_all, Net, Stream};
 use super::relay::{relay, Meter, Side};
 use super::tls::{self, TlsStream};
 use super::udp::{Association, UdpStats};
+use super::upstream::{self, Upstream};
 use super::worker::{Front, WorkerCtx};
 use crate::auth::Check;
 use crate::proto::proxy::{self, ProxyError, ProxyHeader};
 use crate::proto::{
     AuthPolicy, Command, Event, Handshake, ProtoError, ReplyCode, Request, TargetAddr,
 };
+use crate::route::Via;
 use crate::rules::{Query, Rules};
 use std::sync::Arc;
 
@@ -179,7 +181,7 @@ async fn serve<N: Net, C: Stream>(ctx: &WorkerCtx, access: Arc<Access>, client: 
         user,
         mut buf,
         consumed,
-        mut out,
+        out,
     } = done;
 
     #[cfg(debug_assertions)]
@@ -195,13 +197,14 @@ async fn serve<N: Net, C: Stream>(ctx: &WorkerCtx, access: Arc<Access>, client: 
     } else {
         user.as_deref().or(identity.as_deref())
     };
-    let log = AccessLog {
+    let mut log = AccessLog {
         peer,
         user: rule_user.or(user.as_deref()).or(request.userid.as_deref()),
         request: &request,
         started,
         metrics: &ctx.metrics,
         tls,
+        parent: None,
     };
     let query = Query::for_target(peer.ip(), rule_user, request.command, &request.target);
     let verdict = access.rules.check(&query);
@@ -237,10 +240,42 @@ async fn serve<N: Net, C: Stream>(ctx: &WorkerCtx, access: Arc<Access>, client: 
         }
     }
 
-    let connect_timeout = ctx.config.connect_timeout;
+    let bandwidth = rule_user.and_then(|u| access.bandwidth.for_user(u));
+    let tap = Tap {
+        bandwidth: bandwidth.as_deref(),
+    };
+    // Bytes the client pipelined after its request go to the target first.
+    buf.drain(..consumed);
     let connect_started = Instant::now();
+
+    if let (Via::Parent(parent), route) = access.routes.choose(&query) {
+        log.parent = Some(parent.url.to_string());
+        let reached = match upstream::connect::<N>(ctx, parent, &request.target).await {
+            Ok(r) => r,
+            Err(e) => {
+                let why = format!("via {route:?}: {e}");
+                return refuse(&client, &hs, out, &log, e.reply(), &why).await;
+            }
+        };
+        ctx.metrics.connect_latency(connect_started.elapsed());
+        let (addr, bound) = (reached.parent, reached.bound);
+        let opened = Tunnel {
+            hs: &hs,
+            out,
+            pending: buf,
+            early: reached.early,
+            addr,
+            log: &log,
+            tap,
+        };
+        return match reached.stream {
+            Upstream::Plain(t) => tunnel(ctx, &client, t, bound, opened).await,
+            Upstream::Tls(t) => tunnel(ctx, &client, *t, bound, opened).await,
+        };
+    }
+
     let connected = Box::pin(tokio::time::timeout(
-        connect_timeout,
+        ctx.config.connect_timeout,
         connect::<N>(ctx, &access.rules, &request.target, &query),
     ))
     .await;
@@ -258,26 +293,65 @@ async fn serve<N: Net, C: Stream>(ctx: &WorkerCtx, access: Arc<Access>, client: 
             return refuse(&client, &hs, out, &log, code, "connect timed out").await;
         }
     };
+    let opened = Tunnel {
+        hs: &hs,
+        out,
+        pending: buf,
+        early: Vec::new(),
+        addr: target_addr,
+        log: &log,
+        tap,
+    };
+    tunnel(ctx, &client, target, None, opened).await;
+}
 
-    // BND.ADDR/BND.PORT: the address the proxy uses on the outbound connection (RFC 1928 §6).
-    let bound = target.local_addr().ok();
+/// A CONNECT whose outbound side is open, before the success reply.
+struct Tunnel<'a> {
+    hs: &'a Handshake,
+    out: Vec<u8>,
+    /// Client bytes for the target (pipelined after the request).
+    pending: Vec<u8>,
+    /// Target bytes for the client (that came with a parent's reply).
+    early: Vec<u8>,
+    /// The address reached (the destination's, or the parent's).
+    addr: SocketAddr,
+    log: &'a AccessLog<'a>,
+    tap: Tap<'a>,
+}
+
+/// Replies with success and relays. BND.ADDR/BND.PORT is the address the proxy uses on the
+/// outbound connection (RFC 1928 section 6): ours, or what a parent reported as its own.
+async fn tunnel<C: Stream, T: Stream>(
+    ctx: &WorkerCtx,
+    client: &C,
+    target: T,
+    bound: Option<SocketAddr>,
+    t: Tunnel<'_>,
+) {
+    let Tunnel {
+        hs,
+        mut out,
+        pending,
+        early,
+        addr,
+        log,
+        tap,
+    } = t;
+    let bound = bound.or_else(|| target.local_addr().ok());
     hs.reply(ReplyCode::Succeeded, bound, &mut out);
-    let (r, _) = send_all(&client, out).await;
+    if !early.is_empty() {
+        ctx.metrics.bytes_down.add(early.len() as u64);
+        out.extend_from_slice(&early);
+    }
+    let (r, _) = send_all(client, out).await;
     if let Err(e) = r {
         target.shutdown(Shutdown::Both);
         client.shutdown(Shutdown::Both);
-        log.relayed(target_addr, 0, 0, Some((Side::Client, &e)), false);
+        log.relayed(addr, 0, 0, Some((Side::Client, &e)), false);
         return;
     }
-
-    // Bytes the client pipelined after its request go to the target first.
-    buf.drain(..consumed);
     let _tunnel = ctx.metrics.tunnel(Command::Connect);
-    let bandwidth = rule_user.and_then(|u| access.bandwidth.for_user(u));
-    let tap = Tap {
-        bandwidth: bandwidth.as_deref(),
-    };
-    run_relay(ctx, &client, &target, buf, &log, target_addr, tap).await;
+    run_relay(ctx, client, &target, pending, log, addr, tap).await;
 }
 
 /// Reads the PROXY protocol header a balancer sends first; returns the client it names (or
@@ -642,6 +716,8 @@ struct AccessLog<'a> {
     metrics: &'a WorkerMetrics,
     /// How the client's TLS is carried, on a TLS listener.
     tls: Option<&'static str>,
+    /// The route and parent proxy a CONNECT went through.
+    parent: Option<String>,
 }
 
 /// What a tunnel's relay is metered by besides the worker's byte counters.
@@ -651,6 +727,11 @@ struct Tap<'a> {
 }
 
 impl AccessLog<'_> {
+    /// "direct", or the parent proxy (its URL without the password).
+    fn via(&self) -> &str {
+        self.parent.as_deref().unwrap_or("direct")
+    }
+
     fn refused(&self, code: ReplyCode, why: &str) {
         self.metrics.refused(code.as_str());
         info!(
@@ -661,6 +742,7 @@ impl AccessLog<'_> {
             dst = %self.request.target,
             reply = code.as_str(),
             ms = self.started.elapsed().as_millis() as u64,
+            via = self.via(),
             "refused: {why}"
         );
     }
@@ -726,6 +808,7 @@ impl AccessLog<'_> {
             error_side = side,
             error = %error,
             tls = self.tls.unwrap_or("-"),
+            via = self.via(),
             "{how}"
         );
     }

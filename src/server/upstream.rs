@@ -1,0 +1,196 @@
+//! Tunnels through a parent proxy: resolve and connect to it (Happy Eyeballs over its
+//! addresses, the same connector as direct tunnels), TLS when its URL says `socks5+tls`, then
+//! its protocol's CONNECT for our client's destination (SOCKS5 with optional RFC 1929, or
+//! HTTP CONNECT). The destination is passed on as given, so a name is resolved by the parent.
+//! The codec is [`crate::proto::upstream`]; this is its I/O.
+
+use std::io;
+use std::net::{Shutdown, SocketAddr};
+
+use super::connect::happy_eyeballs;
+use super::net::{send_all, Net, Stream};
+use super::tls::{self, TlsStream};
+use super::worker::WorkerCtx;
+use crate::proto::upstream::{
+    http_connect_request, parse_http_connect_response, Socks5Connect, Step, UpstreamError,
+    UpstreamKind, UpstreamUrl,
+};
+use crate::proto::{ReplyCode, TargetAddr};
+use crate::route::Parent;
+
+/// A tunnel to the destination through a parent: a plain or a TLS stream.
+pub enum Upstream<S> {
+    /// SOCKS5 or HTTP CONNECT in the clear.
+    Plain(S),
+    /// SOCKS5 inside TLS.
+    Tls(Box<TlsStream<S>>),
+}
+
+/// A parent that agreed to connect.
+pub struct Reached<S> {
+    /// The stream, ready to relay.
+    pub stream: Upstream<S>,
+    /// The parent's address.
+    pub parent: SocketAddr,
+    /// The address the parent says it connected from (SOCKS5 BND), when it is an address.
+    pub bound: Option<SocketAddr>,
+    /// Bytes from the destination that came with the parent's reply.
+    pub early: Vec<u8>,
+}
+
+/// Why a parent did not give us a tunnel.
+#[derive(Debug, thiserror::Error)]
+pub enum ParentError {
+    /// Its name did not resolve, or no address answered.
+    #[error("cannot reach the parent proxy: {0}")]
+    Connect(io::Error),
+    /// The TLS handshake with it failed (its certificate refused, say).
+    #[error("TLS with the parent proxy: {0}")]
+    Tls(io::Error),
+    /// Reading from or writing to it failed.
+    #[error("parent proxy i/o: {0}")]
+    Io(io::Error),
+    /// It closed the connection before answering.
+    #[error("parent proxy closed the connection during its handshake")]
+    Closed,
+    /// It answered with a refusal or something unreadable.
+    #[error("{0}")]
+    Refused(#[from] UpstreamError),
+    /// No tunnel within the connect timeout.
+    #[error("parent proxy did not answer within the connect timeout")]
+    Timeout,
+}
+
+impl ParentError {
+    /// The reply our client gets: the parent's own refusal when it gave one, else a general
+    /// failure (our side of the chain broke, not the destination).
+    pub fn reply(&self) -> ReplyCode {
+        match self {
+            ParentError::Refused(e) => e.reply_code(),
+            ParentError::Timeout => ReplyCode::TtlExpired,
+            _ => ReplyCode::GeneralFailure,
+        }
+    }
+}
+
+/// Opens a tunnel to `target` through `parent`, all within the connect timeout.
+pub async fn connect<N: Net>(
+    ctx: &WorkerCtx,
+    parent: &Parent,
+    target: &TargetAddr,
+) -> Result<Reached<N::Stream>, ParentError> {
+    let deadline = tokio::time::Instant::now() + ctx.config.connect_timeout;
+    let url = &parent.url;
+    let reach = async {
+        let addrs = ctx.resolver.resolve(&url.host, url.port).await?;
+        happy_eyeballs::<N>(&addrs, &ctx.connect).await
+    };
+    let (sock, addr) = match tokio::time::timeout_at(deadline, Box::pin(reach)).await {
+        Ok(r) => r.map_err(ParentError::Connect)?,
+        Err(_) => return Err(ParentError::Timeout),
+    };
+    match &parent.tls {
+        None => {
+            let r = tokio::time::timeout_at(deadline, Box::pin(exchange(&sock, url, target)));
+            let (bound, early) = timed(r.await, &sock)?;
+            Ok(Reached {
+                stream: Upstream::Plain(sock),
+                parent: addr,
+                bound,
+                early,
+            })
+        }
+        Some((config, name)) => {
+            let hs = tls::connect(&sock, config.clone(), name.clone());
+            let r = tokio::time::timeout_at(
+                deadline,
+                Box::pin(async { hs.await.map_err(ParentError::Tls) }),
+            );
+            let conn = timed(r.await, &sock)?;
+            let stream = TlsStream::new(sock, conn);
+            let r = tokio::time::timeout_at(deadline, Box::pin(exchange(&stream, url, target)));
+            let (bound, early) = timed(r.await, &stream)?;
+            Ok(Reached {
+                stream: Upstream::Tls(Box::new(stream)),
+                parent: addr,
+                bound,
+                early,
+            })
+        }
+    }
+}
+
+/// The outcome of a step under the deadline; a step that ran out of time has its socket
+/// shut down first, which completes its pending operation before the future is dropped
+/// (io_uring operations are not cancelled by dropping them).
+fn timed<T, S: Stream>(
+    r: Result<Result<T, ParentError>, tokio::time::error::Elapsed>,
+    s: &S,
+) -> Result<T, ParentError> {
+    r.unwrap_or_else(|_| {
+        s.shutdown(Shutdown::Both);
+        Err(ParentError::Timeout)
+    })
+}
+
+/// The parent's CONNECT: returns the bound address it reported and any bytes past its reply.
+async fn exchange<S: Stream>(
+    s: &S,
+    url: &UpstreamUrl,
+    target: &TargetAddr,
+) -> Result<(Option<SocketAddr>, Vec<u8>), ParentError> {
+    let mut out = Vec::with_capacity(64);
+    let mut buf = Vec::with_capacity(1024);
+    let mut socks = match url.kind {
+        UpstreamKind::Socks5 | UpstreamKind::Socks5Tls => {
+            let auth = url.auth.as_ref().map(|(u, p)| (u.as_bytes(), p.as_bytes()));
+            let mut m = Socks5Connect::new(target, auth);
+            m.start(&mut out);
+            Some(m)
+        }
+        UpstreamKind::HttpConnect => {
+            let auth = url.auth.as_ref().map(|(u, p)| (u.as_str(), p.as_str()));
+            http_connect_request(target, auth, &mut out);
+            None
+        }
+    };
+    loop {
+        if !out.is_empty() {
+            let (r, o) = send_all(s, out).await;
+            out = o;
+            out.clear();
+            r.map_err(ParentError::Io)?;
+        }
+        if buf.len() == buf.capacity() {
+            buf.reserve(1024);
+        }
+        let (r, b) = s.read(buf).await;
+        buf = b;
+        match r {
+            Ok(0) => return Err(ParentError::Closed),
+            Ok(_) => {}
+            Err(e) => return Err(ParentError::Io(e)),
+        }
+        match &mut socks {
+            Some(m) => match m.advance(&buf, &mut out)? {
+                Step::NeedMore { consumed } => {
+                    buf.drain(..consumed);
+                }
+                Step::Done { consumed, bound } => {
+                    buf.drain(..consumed);
+                    let bound = match bound {
+                        TargetAddr::Ip(a) if !a.ip().is_unspecified() => Some(a),
+                        _ => None,
+                    };
+                    return Ok((bound, buf));
+                }
+            },
+            None => {
+                if let Some(n) = parse_http_connect_response(&buf)? {
+                    buf.drain(..n);
+                    return Ok((None, buf));
+                }
+            }
+        }
+    }
+}
