@@ -47,6 +47,16 @@ pub enum RelayChoice {
     Copy,
 }
 
+/// Kernel TLS offload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum KtlsChoice {
+    /// When the kernel has the tls module and takes the negotiated cipher.
+    Auto,
+    /// Never: TLS in user space.
+    Off,
+}
+
 /// `ringsocks serve` flags. Every flag is optional so that the config file can supply it.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ServeArgs {
@@ -176,6 +186,10 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub upstream: Option<String>,
+    /// Kernel TLS for TLS tunnels (listeners and parents): after the handshake the kernel
+    /// encrypts, and the relay splices [default: auto]
+    #[arg(long, value_name = "MODE")]
+    pub ktls: Option<KtlsChoice>,
 }
 
 /// One `--udp-advertise` entry.
@@ -262,6 +276,7 @@ pub struct FileConfig {
     access: Option<AccessConfig>,
     /// Default parent proxy (`--upstream`).
     upstream: Option<String>,
+    ktls: Option<KtlsChoice>,
     /// `[tls]`: SOCKS over TLS listeners.
     tls: Option<FileTls>,
     /// `[[route]]`: requests sent through parent proxies.
@@ -436,6 +451,8 @@ pub struct Config {
     pub tls: Option<TlsListen>,
     /// Parent proxies and which requests go through them.
     pub routes: Routes,
+    /// Kernel TLS offload.
+    pub ktls: KtlsChoice,
 }
 
 impl Config {
@@ -509,8 +526,13 @@ impl Config {
         } else {
             file.proxy_listen.clone().unwrap_or_default()
         };
-        // Only --proxy-listen given: no plain SOCKS listener unless asked for too.
-        let listen = if args.listen.is_empty() && file.listen.is_none() && !proxy_listen.is_empty()
+        // Only --proxy-listen or --tls-listen given: no plain SOCKS listener unless asked for
+        // too.
+        let tls_listen_given =
+            !args.tls_listen.is_empty() || file.tls.as_ref().is_some_and(|t| t.listen.is_some());
+        let listen = if args.listen.is_empty()
+            && file.listen.is_none()
+            && (!proxy_listen.is_empty() || tls_listen_given)
         {
             Vec::new()
         } else {
@@ -696,6 +718,7 @@ impl Config {
                 args.upstream.as_deref().or(file.upstream.as_deref()),
             )
             .map_err(ConfigError::Invalid)?,
+            ktls: args.ktls.or(file.ktls).unwrap_or(KtlsChoice::Auto),
         };
         config.check_open_proxy()?;
         Ok(config)
@@ -903,6 +926,96 @@ mod tests {
             None
         );
         assert_eq!(none.bind_timeout, Duration::from_secs(60));
+    }
+
+    /// A self-signed certificate and key, written to temporary files.
+    fn cert_files(tag: &str) -> (PathBuf, PathBuf) {
+        let c = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let dir = std::env::temp_dir();
+        let id = std::process::id();
+        let cert = dir.join(format!("ringsocks-config-{id}-{tag}.pem"));
+        let key = dir.join(format!("ringsocks-config-{id}-{tag}.key"));
+        std::fs::write(&cert, c.cert.pem()).unwrap();
+        std::fs::write(&key, c.key_pair.serialize_pem()).unwrap();
+        (cert, key)
+    }
+
+    #[test]
+    fn tls_listeners() {
+        let (cert, key) = cert_files("listeners");
+        let tls = |listen: &[&str], tls_listen: &[&str]| ServeArgs {
+            listen: listen.iter().map(|a| a.parse().unwrap()).collect(),
+            tls_listen: tls_listen.iter().map(|a| a.parse().unwrap()).collect(),
+            tls_cert: Some(cert.clone()),
+            tls_key: Some(key.clone()),
+            ..Default::default()
+        };
+        // A certificate alone: the listen addresses (here the default) serve TLS.
+        let c = Config::resolve(&tls(&[], &[]), FileConfig::default()).unwrap();
+        assert!(c.listen.is_empty());
+        assert_eq!(c.tls_listen, vec![DEFAULT_LISTEN.parse().unwrap()]);
+        // --tls-listen alone: no plain listener besides.
+        let c = Config::resolve(&tls(&[], &["127.0.0.1:1443"]), FileConfig::default()).unwrap();
+        assert!(c.listen.is_empty());
+        assert_eq!(c.tls_listen, vec!["127.0.0.1:1443".parse().unwrap()]);
+        // Both, asked for.
+        let both = tls(&["127.0.0.1:1080"], &["127.0.0.1:1443"]);
+        let c = Config::resolve(&both, FileConfig::default()).unwrap();
+        assert_eq!((c.listen.len(), c.tls_listen.len()), (1, 1));
+        let same = tls(&["127.0.0.1:1443"], &["127.0.0.1:1443"]);
+        assert!(Config::resolve(&same, FileConfig::default()).is_err());
+        // --tls-listen without a certificate.
+        let bare = ServeArgs {
+            tls_listen: vec!["127.0.0.1:1443".parse().unwrap()],
+            ..Default::default()
+        };
+        let e = Config::resolve(&bare, FileConfig::default()).unwrap_err();
+        assert!(e.to_string().contains("--tls-cert"), "{e}");
+        // An open TLS proxy on a public address needs the flag, unless clients must present
+        // certificates.
+        let public = tls(&[], &["0.0.0.0:1443"]);
+        let e = Config::resolve(&public, FileConfig::default()).unwrap_err();
+        assert!(matches!(e, ConfigError::OpenProxy(_)), "{e}");
+        let mtls = ServeArgs {
+            tls_client_ca: Some(cert.clone()),
+            ..public
+        };
+        assert!(Config::resolve(&mtls, FileConfig::default()).is_ok());
+        // A key that is not the certificate's.
+        let (_, other_key) = cert_files("other");
+        let wrong = ServeArgs {
+            tls_key: Some(other_key),
+            ..tls(&[], &[])
+        };
+        let e = Config::resolve(&wrong, FileConfig::default()).unwrap_err();
+        assert!(e.to_string().contains("TLS"), "{e}");
+        // The same from the file.
+        let file = FileConfig::parse(&format!(
+            "[tls]\nlisten = [\"127.0.0.1:2443\"]\ncert = {:?}\nkey = {:?}\n",
+            cert, key
+        ))
+        .unwrap();
+        let c = Config::resolve(&ServeArgs::default(), file).unwrap();
+        assert!(c.listen.is_empty());
+        assert_eq!(c.tls_listen, vec!["127.0.0.1:2443".parse().unwrap()]);
+        assert!(c.files.contains(&cert));
+    }
+
+    #[test]
+    fn routes_from_the_file_and_the_flag() {
+        let file = FileConfig::parse(
+            "upstream = \"socks5://u:p@198.51.100.9:1080\"\n[[route]]\ndest = [\".corp.example\"]\nvia = \"direct\"\n",
+        )
+        .unwrap();
+        let c = Config::resolve(&ServeArgs::default(), file).unwrap();
+        assert!(!c.routes.is_direct());
+        let bad = ServeArgs {
+            upstream: Some("socks5://u:hunter2@".into()),
+            ..Default::default()
+        };
+        let e = Config::resolve(&bad, FileConfig::default()).unwrap_err();
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        assert!(FileConfig::parse("[[route]]\nvia = \"direct\"\nvai = 1\n").is_err());
     }
 
     #[test]

@@ -250,7 +250,7 @@ async fn hashed_users_file_and_reload() {
     unsafe { libc::kill(proxy.pid() as i32, libc::SIGHUP) };
     assert!(
         proxy
-            .wait_logged("SIGHUP: users and access rules reloaded")
+            .wait_logged("SIGHUP: users, access rules, routes and TLS certificate reloaded")
             .await
     );
     tokio::time::sleep(Duration::from_millis(100)).await;

@@ -290,7 +290,7 @@ async fn sighup_reloads_users_and_rules_live_tunnels_keep_flowing() {
     hup(proxy.pid());
     assert!(
         proxy
-            .wait_logged("SIGHUP: users and access rules reloaded")
+            .wait_logged("SIGHUP: users, access rules, routes and TLS certificate reloaded")
             .await
     );
     // The live tunnel keeps flowing under the rules it started with.

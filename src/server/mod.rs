@@ -6,6 +6,7 @@ pub mod activation;
 pub mod bandwidth;
 pub mod bind;
 pub mod connect;
+pub mod ktls;
 pub mod limits;
 pub mod listener;
 pub mod metrics;
@@ -108,6 +109,15 @@ pub fn run(config: Config, reload: Option<Reload>) -> Result<(), ServerError> {
     // Before any other thread reads the environment: the variables are removed.
     let activated = activation::take()?;
     let registry = Arc::new(metrics::Registry::new(config.threads, info_labels(&config)));
+    tls_warnings(&config);
+    if config.tls.is_some() || !config.routes.is_direct() {
+        match config.ktls {
+            crate::config::KtlsChoice::Off => {
+                info!("kernel TLS off (--ktls off): TLS is relayed in user space")
+            }
+            crate::config::KtlsChoice::Auto => info!("{}", ktls::support().describe()),
+        }
+    }
     let (tx, rx) = watch::channel(false);
     let (access_tx, access_rx) = watch::channel(Arc::new(Access::from_config(&config)));
     let signals = spawn_signal_thread(tx, access_tx, reload, registry.clone())?;
@@ -487,6 +497,13 @@ fn spawn_signal_thread(
         .map_err(ServerError::Spawn)
 }
 
+/// Warns about a TLS listener certificate clients will refuse (expired, not yet valid).
+fn tls_warnings(config: &Config) {
+    for w in config.tls.iter().flat_map(|t| &t.warnings) {
+        warn!("TLS: {w}");
+    }
+}
+
 /// SIGHUP: load the configuration again and hand its users and rules to the workers.
 fn reload_access(
     reload: Option<&(dyn Fn() -> Result<Config, String> + Send)>,
@@ -499,10 +516,12 @@ fn reload_access(
     match reload() {
         Ok(config) => {
             let new = Access::reloaded(&config, Some(&access.borrow()));
+            tls_warnings(&config);
             info!(
                 users = new.users.len(),
                 rules = new.rules.len(),
-                "SIGHUP: users and access rules reloaded; they apply to new sessions (other settings need a restart)"
+                tls = new.tls.is_some(),
+                "SIGHUP: users, access rules, routes and TLS certificate reloaded; they apply to new sessions (other settings need a restart)"
             );
             access.send_replace(Arc::new(new));
             true

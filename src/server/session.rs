@@ -15,7 +15,7 @@ use super::connect::happy_eyeballs;
 use super::metrics::WorkerMetrics;
 use super::net::{send_all, Net, Stream};
 use super::relay::{relay, Meter, Side};
-use super::tls::{self, TlsStream};
+use super::tls::{self, Carrier};
 use super::udp::{Association, UdpStats};
 use super::upstream::{self, Upstream};
 use super::worker::{Front, WorkerCtx};
@@ -100,21 +100,33 @@ pub async fn run<N: Net>(ctx: Rc<WorkerCtx>, client: N::Stream, peer: SocketAddr
         client.shutdown(Shutdown::Both);
         return;
     };
+    let for_kernel = ctx.ktls();
     let accepted = Box::pin(tokio::time::timeout_at(
         deadline,
-        tls::accept(&client, config),
+        tls::accept(&client, config, for_kernel),
     ))
     .await;
     let e = match accepted {
         Ok(Ok(conn)) => {
-            let client = TlsStream::new(client, conn);
-            debug!(client = %peer, "TLS {}", client.describe());
+            let identity = tls::peer_identity(&conn);
+            debug!(client = %peer, "TLS {}", tls::describe(&conn));
+            let carrier = match tls::offload(client, conn, for_kernel) {
+                Ok(c) => c,
+                Err((client, e)) => {
+                    warn!(client = %peer, "kernel TLS refused the keys ({e}): connection closed");
+                    client.shutdown(Shutdown::Both);
+                    return;
+                }
+            };
             let opened = Opened {
-                identity: client.peer_identity(),
-                tls: Some("user-space"),
+                identity,
+                tls: Some(carrier.name()),
                 ..opened
             };
-            return serve::<N, _>(&ctx, access, client, opened).await;
+            return match carrier {
+                Carrier::Kernel(c) => serve::<N, _>(&ctx, access, c, opened).await,
+                Carrier::User(c) => serve::<N, _>(&ctx, access, *c, opened).await,
+            };
         }
         Ok(Err(e)) => SessionError::Tls(e),
         // Shut the socket down before the handshake's wait is dropped (see below).
@@ -205,6 +217,7 @@ async fn serve<N: Net, C: Stream>(ctx: &WorkerCtx, access: Arc<Access>, client: 
         metrics: &ctx.metrics,
         tls,
         parent: None,
+        parent_tls: None,
     };
     let query = Query::for_target(peer.ip(), rule_user, request.command, &request.target);
     let verdict = access.rules.check(&query);
@@ -258,6 +271,7 @@ async fn serve<N: Net, C: Stream>(ctx: &WorkerCtx, access: Arc<Access>, client: 
             }
         };
         ctx.metrics.connect_latency(connect_started.elapsed());
+        log.parent_tls = reached.stream.tls();
         let (addr, bound) = (reached.parent, reached.bound);
         let opened = Tunnel {
             hs: &hs,
@@ -271,6 +285,7 @@ async fn serve<N: Net, C: Stream>(ctx: &WorkerCtx, access: Arc<Access>, client: 
         return match reached.stream {
             Upstream::Plain(t) => tunnel(ctx, &client, t, bound, opened).await,
             Upstream::Tls(t) => tunnel(ctx, &client, *t, bound, opened).await,
+            Upstream::Ktls(t) => tunnel(ctx, &client, t, bound, opened).await,
         };
     }
 
@@ -716,8 +731,10 @@ struct AccessLog<'a> {
     metrics: &'a WorkerMetrics,
     /// How the client's TLS is carried, on a TLS listener.
     tls: Option<&'static str>,
-    /// The route and parent proxy a CONNECT went through.
+    /// The parent proxy a CONNECT went through.
     parent: Option<String>,
+    /// How TLS to the parent is carried.
+    parent_tls: Option<&'static str>,
 }
 
 /// What a tunnel's relay is metered by besides the worker's byte counters.
@@ -809,6 +826,7 @@ impl AccessLog<'_> {
             error = %error,
             tls = self.tls.unwrap_or("-"),
             via = self.via(),
+            via_tls = self.parent_tls.unwrap_or("-"),
             "{how}"
         );
     }

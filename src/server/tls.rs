@@ -16,6 +16,7 @@ use std::sync::Arc;
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, Connection, ServerConfig, ServerConnection};
 
+use super::ktls::{self, KtlsStream};
 use super::net::{send_now, Readable, Stream};
 use super::pool::Pipe;
 
@@ -29,10 +30,16 @@ pub struct TlsStream<S> {
 }
 
 /// Runs the server side of a TLS handshake on `io` (which stays the caller's, so that a
-/// timed-out handshake can be ended with `shutdown` before its future is dropped).
-pub async fn accept<S: Stream>(io: &S, config: Arc<ServerConfig>) -> io::Result<Connection> {
+/// timed-out handshake can be ended with `shutdown` before its future is dropped). With
+/// `for_kernel`, the socket is read one record at a time, so that nothing past the
+/// handshake is taken from it and the kernel can take over (see [`offload`]).
+pub async fn accept<S: Stream>(
+    io: &S,
+    config: Arc<ServerConfig>,
+    for_kernel: bool,
+) -> io::Result<Connection> {
     let conn = ServerConnection::new(config).map_err(invalid)?;
-    handshake(io, conn.into()).await
+    handshake(io, conn.into(), for_kernel).await
 }
 
 /// Runs the client side of a TLS handshake with a parent proxy named `name`.
@@ -40,13 +47,103 @@ pub async fn connect<S: Stream>(
     io: &S,
     config: Arc<ClientConfig>,
     name: ServerName<'static>,
+    for_kernel: bool,
 ) -> io::Result<Connection> {
     let conn = ClientConnection::new(config, name).map_err(invalid)?;
-    handshake(io, conn.into()).await
+    handshake(io, conn.into(), for_kernel).await
 }
 
-async fn handshake<S: Stream>(io: &S, mut conn: Connection) -> io::Result<Connection> {
+/// The protocol version and cipher suite agreed, for logs.
+pub fn describe(conn: &Connection) -> String {
+    let version = conn
+        .protocol_version()
+        .map_or("?".into(), |v| format!("{v:?}"));
+    let suite = conn
+        .negotiated_cipher_suite()
+        .map_or("?".into(), |s| format!("{:?}", s.suite()));
+    format!("{version} {suite}")
+}
+
+/// The subject common name of the certificate the peer presented (verified by the
+/// handshake), if any.
+pub fn peer_identity(conn: &Connection) -> Option<String> {
+    let cert = conn.peer_certificates()?.first()?;
+    crate::tls::client_identity(cert)
+}
+
+/// What carries a connection's TLS once its handshake is done.
+pub enum Carrier<S> {
+    /// The kernel (kTLS): the socket reads and writes plaintext.
+    Kernel(KtlsStream<S>),
+    /// rustls, in user space.
+    User(Box<TlsStream<S>>),
+}
+
+impl<S> Carrier<S> {
+    /// For the access log.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Carrier::Kernel(_) => "ktls",
+            Carrier::User(_) => "user-space",
+        }
+    }
+}
+
+/// Hands a finished handshake's keys to the kernel when it takes this version and cipher
+/// (and the handshake was read for it: `for_kernel`), else keeps TLS in user space. An
+/// error means the kernel refused the keys after the connection gave them up: it cannot go
+/// on, and the caller closes it.
+pub fn offload<S: Stream>(
+    io: S,
+    mut conn: Connection,
+    for_kernel: bool,
+) -> Result<Carrier<S>, (S, io::Error)> {
+    let support = ktls::support();
+    let (Some(version), Some(suite)) = (conn.protocol_version(), conn.negotiated_cipher_suite())
+    else {
+        return Ok(Carrier::User(Box::new(TlsStream::new(io, conn))));
+    };
+    let quiet = match conn.process_new_packets() {
+        Ok(state) => state.plaintext_bytes_to_read() == 0 && !conn.wants_write(),
+        Err(_) => false,
+    };
+    if !for_kernel || !quiet || !support.takes(version, suite.suite()) {
+        if for_kernel && support.unavailable.is_none() {
+            tracing::debug!(
+                "kernel TLS not used for {version:?} {:?}: {}",
+                suite.suite(),
+                if quiet {
+                    "cipher not taken by the kernel"
+                } else {
+                    "data already buffered"
+                }
+            );
+        }
+        return Ok(Carrier::User(Box::new(TlsStream::new(io, conn))));
+    }
+    let secrets = match conn.dangerous_extract_secrets() {
+        Ok(s) => s,
+        Err(e) => return Err((io, invalid(e))),
+    };
+    match ktls::enable(io.raw_fd(), version, secrets) {
+        Ok(()) => Ok(Carrier::Kernel(KtlsStream::new(io))),
+        Err(e) => Err((io, e)),
+    }
+}
+
+async fn handshake<S: Stream>(
+    io: &S,
+    mut conn: Connection,
+    for_kernel: bool,
+) -> io::Result<Connection> {
     let fd = io.raw_fd();
+    let mut records = Records {
+        fd,
+        bounded: for_kernel,
+        header: [0; 5],
+        have: 0,
+        left: 0,
+    };
     loop {
         while conn.wants_write() {
             match conn.write_tls(&mut Fd(fd)) {
@@ -58,7 +155,7 @@ async fn handshake<S: Stream>(io: &S, mut conn: Connection) -> io::Result<Connec
         if !conn.is_handshaking() {
             return Ok(conn);
         }
-        match conn.read_tls(&mut Fd(fd)) {
+        match conn.read_tls(&mut records) {
             Ok(0) => {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
@@ -87,26 +184,6 @@ impl<S: Stream> TlsStream<S> {
             io,
             conn: RefCell::new(conn),
         }
-    }
-
-    /// The protocol version and cipher suite agreed, for logs.
-    pub fn describe(&self) -> String {
-        let conn = self.conn.borrow();
-        let version = conn
-            .protocol_version()
-            .map_or("?".into(), |v| format!("{v:?}"));
-        let suite = conn
-            .negotiated_cipher_suite()
-            .map_or("?".into(), |s| format!("{:?}", s.suite()));
-        format!("{version} {suite}")
-    }
-
-    /// The subject common name of the certificate the peer presented (verified by the
-    /// handshake), if any.
-    pub fn peer_identity(&self) -> Option<String> {
-        let conn = self.conn.borrow();
-        let cert = conn.peer_certificates()?.first()?;
-        crate::tls::client_identity(cert)
     }
 
     /// Sends queued TLS records until none are left (`Ok`) or the socket is full
@@ -285,6 +362,48 @@ impl<S: Stream> Stream for TlsStream<S> {
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
         self.io.local_addr()
+    }
+}
+
+/// The socket during a handshake, as rustls's `Read`: one non-blocking `recv(2)` per read,
+/// which when `bounded` never reads past the end of the current TLS record (5-byte header,
+/// then the length it gives), so that records after the handshake stay in the socket for
+/// the kernel.
+struct Records {
+    fd: RawFd,
+    bounded: bool,
+    header: [u8; 5],
+    /// Header bytes read so far.
+    have: usize,
+    /// Body bytes left in the current record.
+    left: usize,
+}
+
+impl Read for Records {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if !self.bounded {
+            return Fd(self.fd).read(buf);
+        }
+        let want = if self.have < 5 {
+            5 - self.have
+        } else {
+            self.left
+        };
+        let len = want.min(buf.len());
+        let n = Fd(self.fd).read(&mut buf[..len])?;
+        if self.have < 5 {
+            self.header[self.have..self.have + n].copy_from_slice(&buf[..n]);
+            self.have += n;
+            if self.have == 5 {
+                self.left = u16::from_be_bytes([self.header[3], self.header[4]]) as usize;
+            }
+        } else {
+            self.left -= n;
+        }
+        if self.have == 5 && self.left == 0 {
+            self.have = 0;
+        }
+        Ok(n)
     }
 }
 

@@ -8,8 +8,9 @@ use std::io;
 use std::net::{Shutdown, SocketAddr};
 
 use super::connect::happy_eyeballs;
+use super::ktls::KtlsStream;
 use super::net::{send_all, Net, Stream};
-use super::tls::{self, TlsStream};
+use super::tls::{self, Carrier, TlsStream};
 use super::worker::WorkerCtx;
 use crate::proto::upstream::{
     http_connect_request, parse_http_connect_response, Socks5Connect, Step, UpstreamError,
@@ -22,8 +23,10 @@ use crate::route::Parent;
 pub enum Upstream<S> {
     /// SOCKS5 or HTTP CONNECT in the clear.
     Plain(S),
-    /// SOCKS5 inside TLS.
+    /// SOCKS5 inside TLS, in user space.
     Tls(Box<TlsStream<S>>),
+    /// SOCKS5 inside TLS, in the kernel.
+    Ktls(KtlsStream<S>),
 }
 
 /// A parent that agreed to connect.
@@ -36,6 +39,17 @@ pub struct Reached<S> {
     pub bound: Option<SocketAddr>,
     /// Bytes from the destination that came with the parent's reply.
     pub early: Vec<u8>,
+}
+
+impl<S> Upstream<S> {
+    /// How TLS to the parent is carried, for the access log.
+    pub fn tls(&self) -> Option<&'static str> {
+        match self {
+            Upstream::Plain(_) => None,
+            Upstream::Tls(_) => Some("user-space"),
+            Upstream::Ktls(_) => Some("ktls"),
+        }
+    }
 }
 
 /// Why a parent did not give us a tunnel.
@@ -101,17 +115,31 @@ pub async fn connect<N: Net>(
             })
         }
         Some((config, name)) => {
-            let hs = tls::connect(&sock, config.clone(), name.clone());
+            let for_kernel = ctx.ktls();
+            let hs = tls::connect(&sock, config.clone(), name.clone(), for_kernel);
             let r = tokio::time::timeout_at(
                 deadline,
                 Box::pin(async { hs.await.map_err(ParentError::Tls) }),
             );
             let conn = timed(r.await, &sock)?;
-            let stream = TlsStream::new(sock, conn);
-            let r = tokio::time::timeout_at(deadline, Box::pin(exchange(&stream, url, target)));
-            let (bound, early) = timed(r.await, &stream)?;
+            let (stream, bound, early) = match tls::offload(sock, conn, for_kernel) {
+                Err((sock, e)) => {
+                    sock.shutdown(Shutdown::Both);
+                    return Err(ParentError::Tls(e));
+                }
+                Ok(Carrier::Kernel(s)) => {
+                    let r = tokio::time::timeout_at(deadline, Box::pin(exchange(&s, url, target)));
+                    let (bound, early) = timed(r.await, &s)?;
+                    (Upstream::Ktls(s), bound, early)
+                }
+                Ok(Carrier::User(s)) => {
+                    let r = tokio::time::timeout_at(deadline, Box::pin(exchange(&*s, url, target)));
+                    let (bound, early) = timed(r.await, &*s)?;
+                    (Upstream::Tls(s), bound, early)
+                }
+            };
             Ok(Reached {
-                stream: Upstream::Tls(Box::new(stream)),
+                stream,
                 parent: addr,
                 bound,
                 early,

@@ -82,6 +82,13 @@ pub struct WorkerCtx {
 }
 
 impl WorkerCtx {
+    /// Whether TLS handshakes should prepare for kernel TLS (`--ktls auto` on a kernel that
+    /// has it).
+    pub fn ktls(&self) -> bool {
+        self.config.ktls == crate::config::KtlsChoice::Auto
+            && super::ktls::support().unavailable.is_none()
+    }
+
     /// The current users and access rules; a session takes them once and keeps them.
     pub fn access(&self) -> Arc<Access> {
         self.access.borrow().clone()

@@ -1,0 +1,526 @@
+//! SOCKS5 over TLS and parent proxies, against the real binary, with independent clients:
+//! tokio-rustls for TLS and tokio-socks for SOCKS5 (our own codec only where a test needs
+//! to see reply codes). Certificates are made per test with rcgen.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{echo_server, socks5_connect, temp_file, Proxy, TempPath};
+use ringsocks::proto::{ReplyCode, TargetAddr};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio_socks::tcp::Socks5Stream;
+
+const MIB: u64 = 1 << 20;
+
+/// A CA and what it signs.
+struct Ca {
+    cert: rcgen::Certificate,
+    key: rcgen::KeyPair,
+    pem: TempPath,
+}
+
+/// A certificate and key, as PEM files and as DER for rustls.
+struct Leaf {
+    cert: TempPath,
+    key: TempPath,
+    der: CertificateDer<'static>,
+    key_der: PrivateKeyDer<'static>,
+}
+
+impl Ca {
+    fn new(name: &str) -> Ca {
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, format!("{name} CA"));
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = p.self_signed(&key).unwrap();
+        let pem = temp_file(&cert.pem());
+        Ca { cert, key, pem }
+    }
+
+    /// A server certificate for localhost and 127.0.0.1; `expired` backdates it.
+    fn server(&self, expired: bool) -> Leaf {
+        let mut p =
+            rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, "localhost");
+        p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        if expired {
+            p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        }
+        self.sign(p)
+    }
+
+    /// A client certificate whose subject CN is `user`.
+    fn client(&self, user: &str) -> Leaf {
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, user);
+        p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        self.sign(p)
+    }
+
+    fn sign(&self, p: rcgen::CertificateParams) -> Leaf {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, &self.cert, &self.key).unwrap();
+        Leaf {
+            cert: temp_file(&cert.pem()),
+            key: temp_file(&key.serialize_pem()),
+            der: cert.der().clone(),
+            key_der: PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+        }
+    }
+
+    fn der(&self) -> CertificateDer<'static> {
+        self.cert.der().clone()
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A TLS client trusting `ca`, presenting `client` if given.
+fn connector(ca: &Ca, client: Option<&Leaf>) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.der()).unwrap();
+    let b = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let config = match client {
+        Some(l) => b
+            .with_client_auth_cert(vec![l.der.clone()], l.key_der.clone_key())
+            .unwrap(),
+        None => b.with_no_client_auth(),
+    };
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+type Tls = tokio_rustls::client::TlsStream<TcpStream>;
+
+async fn tls_connect(proxy: SocketAddr, c: &tokio_rustls::TlsConnector) -> std::io::Result<Tls> {
+    let tcp = TcpStream::connect(proxy).await?;
+    let name = ServerName::try_from("localhost").unwrap();
+    c.connect(name, tcp).await
+}
+
+fn tls_args<'a>(leaf: &'a Leaf, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec![
+        "--tls-cert",
+        leaf.cert.as_str(),
+        "--tls-key",
+        leaf.key.as_str(),
+    ];
+    v.extend_from_slice(extra);
+    v
+}
+
+/// Sends `total` bytes of a pattern through `s` to an echo server while reading the echo
+/// back; half-closes after sending. Returns (sent hash, received bytes, received hash).
+async fn echo_through<S>(s: S, total: u64) -> ([u8; 32], u64, [u8; 32])
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (mut r, mut w) = tokio::io::split(s);
+    let send = async move {
+        let mut h = Sha256::new();
+        let mut chunk = vec![0u8; 64 * 1024 + 7];
+        let mut sent = 0u64;
+        while sent < total {
+            let n = (total - sent).min(chunk.len() as u64) as usize;
+            for (i, b) in chunk[..n].iter_mut().enumerate() {
+                let pos = sent + i as u64;
+                *b = (pos as u8).wrapping_mul(31) ^ (pos >> 9) as u8;
+            }
+            h.update(&chunk[..n]);
+            w.write_all(&chunk[..n]).await.unwrap();
+            sent += n as u64;
+        }
+        w.shutdown().await.unwrap();
+        let out: [u8; 32] = h.finalize().into();
+        out
+    };
+    let recv = async move {
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; 128 * 1024];
+        let mut got = 0u64;
+        loop {
+            let n = r.read(&mut buf).await.unwrap();
+            if n == 0 {
+                let out: [u8; 32] = h.finalize().into();
+                return (got, out);
+            }
+            h.update(&buf[..n]);
+            got += n as u64;
+        }
+    };
+    let (sent, (got, received)) = tokio::join!(send, recv);
+    (sent, got, received)
+}
+
+async fn big_transfer_over_tls_listener(runtime: &str) {
+    let ca = Ca::new("test");
+    let leaf = ca.server(false);
+    let proxy = Proxy::start(&tls_args(&leaf, &["--runtime", runtime]));
+    assert!(proxy.wait_logged("SOCKS over TLS").await);
+    let echo = echo_server("127.0.0.1:0").await;
+    let tls = tls_connect(proxy.addr, &connector(&ca, None))
+        .await
+        .unwrap();
+    let s = Socks5Stream::connect_with_socket(tls, echo).await.unwrap();
+    let total = 256 * MIB;
+    let (sent, got, received) =
+        tokio::time::timeout(Duration::from_secs(240), echo_through(s, total))
+            .await
+            .expect("256 MiB each way within 240 s");
+    assert_eq!(got, total);
+    assert_eq!(sent, received, "the echo came back intact, in order");
+    assert!(proxy.wait_logged("tls=\"user-space\"").await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tls_listener_carries_256_mib_each_way_io_uring() {
+    big_transfer_over_tls_listener("uring").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tls_listener_carries_256_mib_each_way_epoll() {
+    big_transfer_over_tls_listener("epoll").await;
+}
+
+/// A client that does not trust the certificate is refused by its own TLS library; the
+/// proxy logs the failed handshake and goes on serving.
+#[tokio::test]
+async fn an_untrusted_certificate_is_refused_and_the_worker_lives() {
+    let ca = Ca::new("test");
+    let other = Ca::new("other");
+    let leaf = ca.server(false);
+    let proxy = Proxy::start(&tls_args(&leaf, &["--threads", "1"]));
+    let echo = echo_server("127.0.0.1:0").await;
+    let e = tls_connect(proxy.addr, &connector(&other, None))
+        .await
+        .expect_err("handshake must fail");
+    assert!(e.to_string().contains("UnknownIssuer"), "{e}");
+    assert!(proxy.wait_logged("TLS handshake").await);
+    // Plain SOCKS5 on the TLS port: not TLS, refused.
+    let mut plain = TcpStream::connect(proxy.addr).await.unwrap();
+    plain.write_all(&[5, 1, 0]).await.unwrap();
+    let mut b = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(5), plain.read(&mut b))
+        .await
+        .expect("closed promptly")
+        .unwrap_or(0);
+    assert!(
+        n == 0 || b[0] == 0x15,
+        "an alert or the close, got {:?}",
+        &b[..n]
+    );
+    // The one worker still serves.
+    let tls = tls_connect(proxy.addr, &connector(&ca, None))
+        .await
+        .unwrap();
+    let mut s = Socks5Stream::connect_with_socket(tls, echo).await.unwrap();
+    s.write_all(b"still here").await.unwrap();
+    let mut back = [0u8; 10];
+    s.read_exact(&mut back).await.unwrap();
+    assert_eq!(&back, b"still here");
+}
+
+/// An expired listener certificate: warned about at start, refused by clients.
+#[tokio::test]
+async fn an_expired_certificate_is_reported_and_refused() {
+    let ca = Ca::new("test");
+    let leaf = ca.server(true);
+    let proxy = Proxy::start(&tls_args(&leaf, &[]));
+    assert!(proxy.wait_logged("certificate expired on 2021-01-01").await);
+    let e = tls_connect(proxy.addr, &connector(&ca, None))
+        .await
+        .expect_err("an expired certificate must be refused");
+    assert!(e.to_string().contains("certificate expired"), "{e}");
+}
+
+/// Mutual TLS: the client certificate's CN is the user (no password asked), access rules
+/// apply to it, and clients without a certificate from the CA are refused.
+#[tokio::test]
+async fn client_certificates_name_the_user() {
+    let ca = Ca::new("test");
+    let leaf = ca.server(false);
+    let carol = ca.client("carol");
+    let mallory = Ca::new("other").client("mallory");
+    let echo = echo_server("127.0.0.1:0").await;
+    let blocked = echo_server("127.0.0.1:0").await;
+    let config = temp_file(&format!(
+        "[access]\ndefault = \"pass\"\n[[access.rule]]\nname = \"no carol\"\naction = \"block\"\nuser = [\"carol\"]\nport = [\"{}\"]\n",
+        blocked.port()
+    ));
+    let args = tls_args(
+        &leaf,
+        &[
+            "--tls-client-ca",
+            ca.pem.as_str(),
+            "--user",
+            "dave:pw",
+            "--config",
+            config.as_str(),
+        ],
+    );
+    let proxy = Proxy::start(&args);
+
+    let tls = tls_connect(proxy.addr, &connector(&ca, Some(&carol)))
+        .await
+        .unwrap();
+    let mut s = Socks5Stream::connect_with_socket(tls, echo).await.unwrap();
+    s.write_all(b"hi").await.unwrap();
+    let mut b = [0u8; 2];
+    s.read_exact(&mut b).await.unwrap();
+    drop(s);
+    assert!(proxy.wait_logged("user=\"carol\"").await);
+
+    let tls = tls_connect(proxy.addr, &connector(&ca, Some(&carol)))
+        .await
+        .unwrap();
+    let e = Socks5Stream::connect_with_socket(tls, blocked)
+        .await
+        .expect_err("carol is blocked from that port");
+    assert!(e.to_string().contains("not allowed"), "{e}");
+
+    // Without a certificate, or with one from another CA: no session. (TLS 1.3 clients
+    // finish their side first and learn of the refusal at their first read.)
+    for c in [connector(&ca, None), connector(&ca, Some(&mallory))] {
+        let refused = match tls_connect(proxy.addr, &c).await {
+            Err(_) => true,
+            Ok(tls) => Socks5Stream::connect_with_socket(tls, echo).await.is_err(),
+        };
+        assert!(refused);
+    }
+    assert!(proxy.wait_logged("TLS handshake").await);
+}
+
+/// SIGHUP reads the certificate again: new sessions get the new one.
+#[tokio::test]
+async fn sighup_replaces_the_certificate() {
+    let first = Ca::new("first");
+    let second = Ca::new("second");
+    let a = first.server(false);
+    let b = second.server(false);
+    let cert = temp_file("");
+    let key = temp_file("");
+    std::fs::copy(a.cert.as_str(), cert.as_str()).unwrap();
+    std::fs::copy(a.key.as_str(), key.as_str()).unwrap();
+    let args = ["--tls-cert", cert.as_str(), "--tls-key", key.as_str()];
+    let proxy = Proxy::start(&args);
+    assert!(tls_connect(proxy.addr, &connector(&first, None))
+        .await
+        .is_ok());
+
+    std::fs::copy(b.cert.as_str(), cert.as_str()).unwrap();
+    std::fs::copy(b.key.as_str(), key.as_str()).unwrap();
+    // Safety: signalling the child the harness owns.
+    unsafe { libc::kill(proxy.pid() as i32, libc::SIGHUP) };
+    assert!(proxy.wait_logged("reloaded").await);
+    assert!(tls_connect(proxy.addr, &connector(&second, None))
+        .await
+        .is_ok());
+    assert!(tls_connect(proxy.addr, &connector(&first, None))
+        .await
+        .is_err());
+
+    // A broken certificate is rejected and the current one stays.
+    std::fs::write(cert.as_str(), "not a certificate").unwrap();
+    unsafe { libc::kill(proxy.pid() as i32, libc::SIGHUP) };
+    assert!(proxy.wait_logged("configuration rejected").await);
+    assert!(tls_connect(proxy.addr, &connector(&second, None))
+        .await
+        .is_ok());
+}
+
+/// ringsocks (plain) -> ringsocks (TLS, user/pass) -> target: the laptop mode. 256 MiB each
+/// way through user-space TLS on both proxies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_hop_chain_over_tls_carries_256_mib() {
+    let ca = Ca::new("test");
+    let leaf = ca.server(false);
+    let parent = Proxy::start(&tls_args(&leaf, &["--user", "bob:b0b pw"]));
+    let url = format!(
+        "socks5+tls://bob:b0b%20pw@localhost:{}?ca={}",
+        parent.addr.port(),
+        ca.pem.as_str()
+    );
+    let edge = Proxy::start(&["--upstream", &url]);
+    let echo = echo_server("127.0.0.1:0").await;
+    let s = Socks5Stream::connect(edge.addr, echo).await.unwrap();
+    let total = 256 * MIB;
+    let (sent, got, received) =
+        tokio::time::timeout(Duration::from_secs(240), echo_through(s, total))
+            .await
+            .expect("256 MiB each way within 240 s");
+    assert_eq!(got, total);
+    assert_eq!(sent, received);
+    assert!(
+        edge.wait_logged("via=\"socks5+tls://bob:***@localhost")
+            .await
+    );
+    assert!(parent.wait_logged("user=\"bob\"").await);
+    for p in [&edge, &parent] {
+        assert!(!p.logged("b0b"), "the password was logged");
+    }
+}
+
+/// The parent's refusals reach the client as reply codes; a broken chain is a general
+/// failure with the reason in the log.
+#[tokio::test]
+async fn parent_failures_map_to_reply_codes() {
+    let ca = Ca::new("test");
+    let parent = Proxy::start(&["--user", "bob:right"]);
+    let closed = common::closed_port();
+    let echo = echo_server("127.0.0.1:0").await;
+
+    let edge = Proxy::start(&["--upstream", &format!("socks5://bob:right@{}", parent.addr)]);
+    let r = socks5_connect(edge.addr, &TargetAddr::Ip(closed), None).await;
+    assert_eq!(r.err(), Some(ReplyCode::ConnectionRefused));
+    let (mut s, _) = socks5_connect(
+        edge.addr,
+        &TargetAddr::Domain("localhost".into(), echo.port()),
+        None,
+    )
+    .await
+    .expect("a name goes to the parent unresolved");
+    s.write_all(b"x").await.unwrap();
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b).await.unwrap();
+
+    let wrong = Proxy::start(&["--upstream", &format!("socks5://bob:wrong@{}", parent.addr)]);
+    let r = socks5_connect(wrong.addr, &TargetAddr::Ip(echo), None).await;
+    assert_eq!(r.err(), Some(ReplyCode::GeneralFailure));
+    assert!(wrong.wait_logged("parent").await);
+
+    let down = Proxy::start(&["--upstream", &format!("socks5://{closed}")]);
+    let r = socks5_connect(down.addr, &TargetAddr::Ip(echo), None).await;
+    assert_eq!(r.err(), Some(ReplyCode::GeneralFailure));
+    assert!(down.wait_logged("cannot reach the parent proxy").await);
+
+    // A TLS parent whose certificate expired.
+    let expired = ca.server(true);
+    let tls_parent = Proxy::start(&tls_args(&expired, &[]));
+    let url = format!(
+        "socks5+tls://localhost:{}?ca={}",
+        tls_parent.addr.port(),
+        ca.pem.as_str()
+    );
+    let edge = Proxy::start(&["--upstream", &url]);
+    let r = socks5_connect(edge.addr, &TargetAddr::Ip(echo), None).await;
+    assert_eq!(r.err(), Some(ReplyCode::GeneralFailure));
+    assert!(edge.wait_logged("certificate expired").await);
+}
+
+/// A minimal HTTP CONNECT proxy: checks Basic credentials when `auth` is set, answers 403
+/// for port 9 and 200 otherwise, then copies both ways.
+async fn http_connect_proxy(auth: Option<&'static str>) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut b = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if s.read(&mut b).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(b[0]);
+                }
+                let head = String::from_utf8(head).unwrap();
+                let target = head.split_whitespace().nth(1).unwrap().to_string();
+                if let Some(a) = auth {
+                    if !head.contains(&format!("Proxy-Authorization: Basic {a}\r\n")) {
+                        let _ = s
+                            .write_all(b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n")
+                            .await;
+                        return;
+                    }
+                }
+                if target.ends_with(":9") {
+                    let _ = s.write_all(b"HTTP/1.1 403 Forbidden\r\n\r\n").await;
+                    return;
+                }
+                let mut t = TcpStream::connect(&target).await.unwrap();
+                s.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    .await
+                    .unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut s, &mut t).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn http_connect_parent() {
+    let echo = echo_server("127.0.0.1:0").await;
+    // "Aladdin:open sesame"
+    let parent = http_connect_proxy(Some("QWxhZGRpbjpvcGVuIHNlc2FtZQ==")).await;
+    let edge = Proxy::start(&[
+        "--upstream",
+        &format!("http://Aladdin:open%20sesame@{parent}"),
+    ]);
+    let mut s = Socks5Stream::connect(edge.addr, echo).await.unwrap();
+    let (sent, got, received) = echo_through(&mut s, 4 * MIB).await;
+    assert_eq!((got, sent), (4 * MIB, received));
+    let r = socks5_connect(edge.addr, &TargetAddr::Domain("localhost".into(), 9), None).await;
+    assert_eq!(r.err(), Some(ReplyCode::NotAllowed));
+
+    let no_auth = Proxy::start(&["--upstream", &format!("http://{parent}")]);
+    let r = socks5_connect(no_auth.addr, &TargetAddr::Ip(echo), None).await;
+    assert_eq!(r.err(), Some(ReplyCode::GeneralFailure));
+    assert!(no_auth.wait_logged("407").await);
+}
+
+/// Routes: the first matching `[[route]]` picks the parent; other requests go direct. The
+/// parent connects from 127.0.0.2, so the target sees which way each request came.
+#[tokio::test]
+async fn routes_pick_the_parent_per_destination() {
+    let parent = Proxy::start(&["--egress-ip", "127.0.0.2"]);
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = l.local_addr().unwrap();
+    let other = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let other_addr = other.local_addr().unwrap();
+    let config = temp_file(&format!(
+        "[[route]]\nname = \"via parent\"\ndest = [\"127.0.0.0/8\"]\nport = [\"{}\"]\nvia = \"socks5://{}\"\n",
+        target.port(),
+        parent.addr
+    ));
+    let edge = Proxy::start(&["--config", config.as_str()]);
+    let (a, _) = socks5_connect(edge.addr, &TargetAddr::Ip(target), None)
+        .await
+        .unwrap();
+    let (_, from) = l.accept().await.unwrap();
+    assert_eq!(
+        from.ip().to_string(),
+        "127.0.0.2",
+        "routed through the parent"
+    );
+    let (b, _) = socks5_connect(edge.addr, &TargetAddr::Ip(other_addr), None)
+        .await
+        .unwrap();
+    let (_, from) = other.accept().await.unwrap();
+    assert_eq!(from.ip().to_string(), "127.0.0.1", "direct");
+    drop((a, b));
+    assert!(edge.wait_logged("via=\"direct\"").await);
+    assert!(
+        edge.wait_logged(&format!("via=\"socks5://{}\"", parent.addr))
+            .await
+    );
+}
