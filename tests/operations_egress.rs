@@ -87,8 +87,10 @@ async fn metrics_after_a_known_sequence() {
     let mut text = String::new();
     for _ in 0..100 {
         text = scrape(metrics).await;
+        // (The refused sessions end just after their client sees the close.)
         if value(&text, "ringsocks_tunnels_active{command=\"connect\"}") == Some(0.0)
             && value(&text, "ringsocks_bytes_total{direction=\"down\"}") == Some(3000.0)
+            && sum(&text, "ringsocks_worker_sessions_active{") == 0.0
         {
             break;
         }
