@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{echo_server, socks5_connect, temp_file, Proxy, TempPath};
+use common::{echo_server, scrape, socks5_connect, temp_file, value, Proxy, TempPath};
 use ringsocks::proto::{ReplyCode, TargetAddr};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -353,13 +353,16 @@ async fn sighup_replaces_the_certificate() {
 async fn two_hop_chain_over_tls_carries_256_mib() {
     let ca = Ca::new("test");
     let leaf = ca.server(false);
-    let parent = Proxy::start(&tls_args(&leaf, &["--user", "bob:b0b pw"]));
+    let parent = Proxy::start(&tls_args(
+        &leaf,
+        &["--user", "bob:b0b pw", "--metrics", "127.0.0.1:0"],
+    ));
     let url = format!(
         "socks5+tls://bob:b0b%20pw@localhost:{}?ca={}",
         parent.addr.port(),
         ca.pem.as_str()
     );
-    let edge = Proxy::start(&["--upstream", &url]);
+    let edge = Proxy::start(&["--upstream", &url, "--metrics", "127.0.0.1:0"]);
     let echo = echo_server("127.0.0.1:0").await;
     let s = Socks5Stream::connect(edge.addr, echo).await.unwrap();
     let total = 256 * MIB;
@@ -377,6 +380,18 @@ async fn two_hop_chain_over_tls_carries_256_mib() {
     for p in [&edge, &parent] {
         assert!(!p.logged("b0b"), "the password was logged");
     }
+    // Both ends count the TLS hop by how it was carried.
+    let carrier = if parent.logged("tls=\"ktls\"") {
+        "ktls"
+    } else {
+        "user-space"
+    };
+    let text = scrape(edge.metrics_addr().await).await;
+    let series = format!("ringsocks_parent_tunnels_total{{tls=\"{carrier}\"}}");
+    assert_eq!(value(&text, &series), Some(1.0), "{text}");
+    let text = scrape(parent.metrics_addr().await).await;
+    let series = format!("ringsocks_tls_sessions_total{{carrier=\"{carrier}\"}}");
+    assert_eq!(value(&text, &series), Some(1.0), "{text}");
 }
 
 /// The parent's refusals reach the client as reply codes; a broken chain is a general
@@ -407,10 +422,18 @@ async fn parent_failures_map_to_reply_codes() {
     assert_eq!(r.err(), Some(ReplyCode::GeneralFailure));
     assert!(wrong.wait_logged("parent").await);
 
-    let down = Proxy::start(&["--upstream", &format!("socks5://{closed}")]);
+    let down = Proxy::start(&[
+        "--upstream",
+        &format!("socks5://{closed}"),
+        "--metrics",
+        "127.0.0.1:0",
+    ]);
     let r = socks5_connect(down.addr, &TargetAddr::Ip(echo), None).await;
     assert_eq!(r.err(), Some(ReplyCode::GeneralFailure));
     assert!(down.wait_logged("cannot reach the parent proxy").await);
+    let text = scrape(down.metrics_addr().await).await;
+    let series = "ringsocks_parent_failures_total{reason=\"unreachable\"}";
+    assert_eq!(value(&text, series), Some(1.0), "{text}");
 
     // A TLS parent whose certificate expired.
     let expired = ca.server(true);

@@ -76,6 +76,10 @@ pub struct WorkerMetrics {
     pub bytes_down: Counter,
     /// Failed RFC 1929 logins (wrong password, unknown user, or refused while locked out).
     pub auth_failures: Counter,
+    /// TLS sessions on TLS listeners, by carrier ([`CARRIERS`]).
+    pub tls_sessions: [Counter; 2],
+    /// Tunnels through parent proxies, by how TLS to the parent is carried ([`PARENT_TLS`]).
+    pub parent_tunnels: [Counter; 3],
     /// Connect latency histogram: cumulative counts are computed on scrape; these are the
     /// per-bucket counts (the last slot is +Inf).
     connect_buckets: [Counter; CONNECT_BUCKETS.len() + 1],
@@ -92,7 +96,13 @@ struct Labelled {
     refused: BTreeMap<&'static str, u64>,
     rule_blocks: BTreeMap<String, u64>,
     proxy_header_failures: BTreeMap<&'static str, u64>,
+    parent_failures: BTreeMap<&'static str, u64>,
 }
+
+/// TLS carriers, as `tls_sessions` counts them.
+pub const CARRIERS: [&str; 2] = ["ktls", "user-space"];
+/// TLS to parents, as `parent_tunnels` counts them.
+pub const PARENT_TLS: [&str; 3] = ["none", "user-space", "ktls"];
 
 impl WorkerMetrics {
     /// Records how long a successful outbound connect took.
@@ -131,6 +141,26 @@ impl WorkerMetrics {
     /// Counts a connection on a PROXY protocol listener whose header was refused.
     pub fn proxy_header_failed(&self, reason: &'static str) {
         *self.lock().proxy_header_failures.entry(reason).or_default() += 1;
+    }
+
+    /// Counts a tunnel a parent proxy could not give, by reason.
+    pub fn parent_failed(&self, reason: &'static str) {
+        *self.lock().parent_failures.entry(reason).or_default() += 1;
+    }
+
+    /// Counts a TLS session by its carrier's name (see [`CARRIERS`]).
+    pub fn tls_session(&self, carrier: &str) {
+        if let Some(i) = CARRIERS.iter().position(|c| *c == carrier) {
+            self.tls_sessions[i].add(1);
+        }
+    }
+
+    /// Counts a tunnel through a parent by how TLS to it is carried (see [`PARENT_TLS`]).
+    pub fn parent_tunnel(&self, tls: Option<&str>) {
+        let name = tls.unwrap_or("none");
+        if let Some(i) = PARENT_TLS.iter().position(|c| *c == name) {
+            self.parent_tunnels[i].add(1);
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Labelled> {
@@ -248,6 +278,7 @@ impl Registry {
         let mut refused: BTreeMap<&'static str, u64> = BTreeMap::new();
         let mut rules: BTreeMap<String, u64> = BTreeMap::new();
         let mut proxy: BTreeMap<&'static str, u64> = BTreeMap::new();
+        let mut parents: BTreeMap<&'static str, u64> = BTreeMap::new();
         for w in &self.workers {
             let l = w.lock();
             for (k, v) in &l.handshake_failures {
@@ -262,6 +293,38 @@ impl Registry {
             for (k, v) in &l.proxy_header_failures {
                 *proxy.entry(k).or_default() += v;
             }
+            for (k, v) in &l.parent_failures {
+                *parents.entry(k).or_default() += v;
+            }
+        }
+        header(
+            &mut out,
+            "ringsocks_tls_sessions_total",
+            "counter",
+            "TLS sessions on TLS listeners after their handshake, by carrier (ktls = kernel TLS).",
+        );
+        for (i, c) in CARRIERS.iter().enumerate() {
+            let v: u64 = sum(&|w| w.tls_sessions[i].get());
+            let _ = writeln!(out, "ringsocks_tls_sessions_total{{carrier=\"{c}\"}} {v}");
+        }
+        header(
+            &mut out,
+            "ringsocks_parent_tunnels_total",
+            "counter",
+            "Tunnels opened through parent proxies, by how TLS to the parent is carried.",
+        );
+        for (i, c) in PARENT_TLS.iter().enumerate() {
+            let v: u64 = sum(&|w| w.parent_tunnels[i].get());
+            let _ = writeln!(out, "ringsocks_parent_tunnels_total{{tls=\"{c}\"}} {v}");
+        }
+        header(
+            &mut out,
+            "ringsocks_parent_failures_total",
+            "counter",
+            "CONNECTs a parent proxy did not carry, by reason.",
+        );
+        for (k, v) in &parents {
+            let _ = writeln!(out, "ringsocks_parent_failures_total{{reason=\"{k}\"}} {v}");
         }
         header(
             &mut out,

@@ -118,6 +118,7 @@ pub async fn run<N: Net>(ctx: Rc<WorkerCtx>, client: N::Stream, peer: SocketAddr
                     return;
                 }
             };
+            ctx.metrics.tls_session(carrier.name());
             let opened = Opened {
                 identity,
                 tls: Some(carrier.name()),
@@ -266,12 +267,14 @@ async fn serve<N: Net, C: Stream>(ctx: &WorkerCtx, access: Arc<Access>, client: 
         let reached = match upstream::connect::<N>(ctx, parent, &request.target).await {
             Ok(r) => r,
             Err(e) => {
+                ctx.metrics.parent_failed(e.as_str());
                 let why = format!("via {route:?}: {e}");
                 return refuse(&client, &hs, out, &log, e.reply(), &why).await;
             }
         };
         ctx.metrics.connect_latency(connect_started.elapsed());
         log.parent_tls = reached.stream.tls();
+        ctx.metrics.parent_tunnel(log.parent_tls);
         let (addr, bound) = (reached.parent, reached.bound);
         let opened = Tunnel {
             hs: &hs,

@@ -76,6 +76,18 @@ pub enum ParentError {
 }
 
 impl ParentError {
+    /// Label for the parent failure metric.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ParentError::Connect(_) => "unreachable",
+            ParentError::Tls(_) => "tls",
+            ParentError::Io(_) => "io",
+            ParentError::Closed => "closed",
+            ParentError::Refused(e) => e.as_str(),
+            ParentError::Timeout => "timeout",
+        }
+    }
+
     /// The reply our client gets: the parent's own refusal when it gave one, else a general
     /// failure (our side of the chain broke, not the destination).
     pub fn reply(&self) -> ReplyCode {
