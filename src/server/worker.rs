@@ -73,7 +73,7 @@ pub struct WorkerCtx {
     pub verifier: Verifier,
     /// A descriptor kept in reserve: when accept fails for want of descriptors, closing it
     /// lets the waiting client be taken and refused at once instead of left hanging.
-    reserve: RefCell<Option<std::fs::File>>,
+    reserve: RefCell<Option<Box<dyn std::any::Any>>>,
     active: Cell<usize>,
     idle: Notify,
     /// Debug builds: a session asks the worker's own loop to panic (see [`failpoint`]).
@@ -191,7 +191,7 @@ pub async fn run<N: Net>(id: usize, shared: Shared, listeners: Vec<Listener>) ->
         id,
         metrics: metrics.workers[id].clone(),
         verifier: Verifier::default(),
-        reserve: RefCell::new(std::fs::File::open("/dev/null").ok()),
+        reserve: RefCell::new(open_reserve()),
         access: RefCell::new(access.borrow().clone()),
         connect: ConnectOptions {
             egress_ip: config.egress_ip,
@@ -469,26 +469,36 @@ async fn accept_loop<N: Net>(
 }
 
 /// Out of descriptors: frees the reserve descriptor, takes the client that could not be
-/// accepted and resets it (it learns at once, and does not sit in the backlog), then takes the
-/// reserve back. The connection stays queued when accept fails, so this is the one waiting.
+/// accepted and resets it (it learns at once, and does not sit in the backlog), and keeps that
+/// reset socket's descriptor as the new reserve. Keeping it, rather than closing it and opening
+/// another, means no other worker's accept can take the slot in between and leave this worker
+/// without a reserve (seen under a parallel test run). The connection stays queued when accept
+/// fails, so the one taken is the one waiting.
 async fn shed_one<N: Net>(ctx: &WorkerCtx, listener: &N::Listener) -> bool {
     let Some(spare) = ctx.reserve.borrow_mut().take() else {
-        *ctx.reserve.borrow_mut() = std::fs::File::open("/dev/null").ok();
+        *ctx.reserve.borrow_mut() = open_reserve();
         return false;
     };
     drop(spare);
-    let shed = match N::accept(listener).await {
+    match N::accept(listener).await {
         Ok((stream, peer)) => {
             stream.abort();
-            drop(stream);
+            *ctx.reserve.borrow_mut() = Some(Box::new(stream));
             ctx.metrics.handshake_failed("no-descriptors");
             debug!(worker = ctx.id, client = %peer, "out of descriptors: connection refused (reset)");
             true
         }
-        Err(_) => false,
-    };
-    *ctx.reserve.borrow_mut() = std::fs::File::open("/dev/null").ok();
-    shed && ctx.reserve.borrow().is_some()
+        Err(_) => {
+            *ctx.reserve.borrow_mut() = open_reserve();
+            false
+        }
+    }
+}
+
+/// A descriptor to hold in reserve.
+fn open_reserve() -> Option<Box<dyn std::any::Any>> {
+    let f = std::fs::File::open("/dev/null").ok()?;
+    Some(Box::new(f))
 }
 
 #[cfg(test)]
