@@ -442,3 +442,65 @@ impl Write for Fd {
 fn invalid(e: rustls::Error) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
+
+    /// Reads everything `Records` gives from a stream holding `bytes`, with reads of at most
+    /// `chunk` bytes, noting where each read ended.
+    fn bounded_reads(bytes: &[u8], chunk: usize) -> (Vec<u8>, Vec<usize>) {
+        let (a, b) = UnixStream::pair().unwrap();
+        std::io::Write::write_all(&mut &a, bytes).unwrap();
+        drop(a);
+        let mut r = Records {
+            fd: b.as_raw_fd(),
+            bounded: true,
+            header: [0; 5],
+            have: 0,
+            left: 0,
+        };
+        let (mut got, mut ends) = (Vec::new(), Vec::new());
+        let mut buf = vec![0u8; chunk];
+        loop {
+            let n = r.read(&mut buf).unwrap();
+            if n == 0 {
+                return (got, ends);
+            }
+            got.extend_from_slice(&buf[..n]);
+            ends.push(got.len());
+        }
+    }
+
+    #[test]
+    fn handshake_reads_never_cross_a_record_boundary() {
+        // Two records (handshake, 7 bytes; change cipher spec, 1 byte) and an application
+        // data record that must stay for the kernel.
+        let mut bytes = vec![22, 3, 3, 0, 7, 1, 2, 3, 4, 5, 6, 7];
+        bytes.extend_from_slice(&[20, 3, 3, 0, 1, 1]);
+        bytes.extend_from_slice(&[23, 3, 3, 0, 3, 9, 9, 9]);
+        let boundaries = [12, 18, 26];
+        for chunk in [1, 2, 3, 5, 64] {
+            let (got, ends) = bounded_reads(&bytes, chunk);
+            assert_eq!(got, bytes, "chunk {chunk}");
+            for b in boundaries {
+                assert!(
+                    ends.contains(&b),
+                    "chunk {chunk}: no read ended at {b}: {ends:?}"
+                );
+            }
+            // Every read stays within one record (header and body count as one).
+            let mut start = 0;
+            for e in &ends {
+                let record = boundaries.iter().find(|&&b| b > start).unwrap();
+                assert!(
+                    e <= record,
+                    "chunk {chunk}: read {start}..{e} crosses {record}"
+                );
+                start = *e;
+            }
+        }
+    }
+}
