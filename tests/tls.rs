@@ -19,6 +19,36 @@ use tokio_socks::tcp::Socks5Stream;
 
 const MIB: u64 = 1 << 20;
 
+/// The big transfers' size: 256 MiB, or `RINGSOCKS_TEST_MIB` (the kernel TLS run in an
+/// emulated VM uses less).
+fn big() -> u64 {
+    std::env::var("RINGSOCKS_TEST_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256)
+        * MIB
+}
+
+/// The carrier TLS tunnels must log here: `ktls` where the kernel's tls module is loaded (as
+/// in `tests/ktls/`); elsewhere either (a kernel may load the module on demand).
+fn expected_carrier() -> Option<&'static str> {
+    let ulps = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_ulp").unwrap_or_default();
+    ulps.split_whitespace()
+        .any(|u| u == "tls")
+        .then_some("ktls")
+}
+
+/// Checks that the log names the expected carrier in `field`.
+async fn assert_carrier(proxy: &Proxy, field: &str) {
+    let logged = |c: &str| format!("{field}=\"{c}\"");
+    match expected_carrier() {
+        Some(c) => assert!(proxy.wait_logged(&logged(c)).await, "expected {field}={c}"),
+        None => {
+            assert!(proxy.wait_logged(&logged("user-space")).await || proxy.logged(&logged("ktls")))
+        }
+    }
+}
+
 /// A CA and what it signs.
 struct Ca {
     cert: rcgen::Certificate,
@@ -181,14 +211,14 @@ async fn big_transfer_over_tls_listener(runtime: &str) {
         .await
         .unwrap();
     let s = Socks5Stream::connect_with_socket(tls, echo).await.unwrap();
-    let total = 256 * MIB;
+    let total = big();
     let (sent, got, received) =
         tokio::time::timeout(Duration::from_secs(240), echo_through(s, total))
             .await
-            .expect("256 MiB each way within 240 s");
+            .expect("the transfer within 240 s");
     assert_eq!(got, total);
     assert_eq!(sent, received, "the echo came back intact, in order");
-    assert!(proxy.wait_logged("tls=\"user-space\"").await);
+    assert_carrier(&proxy, "tls").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -365,13 +395,15 @@ async fn two_hop_chain_over_tls_carries_256_mib() {
     let edge = Proxy::start(&["--upstream", &url, "--metrics", "127.0.0.1:0"]);
     let echo = echo_server("127.0.0.1:0").await;
     let s = Socks5Stream::connect(edge.addr, echo).await.unwrap();
-    let total = 256 * MIB;
+    let total = big();
     let (sent, got, received) =
         tokio::time::timeout(Duration::from_secs(240), echo_through(s, total))
             .await
-            .expect("256 MiB each way within 240 s");
+            .expect("the transfer within 240 s");
     assert_eq!(got, total);
     assert_eq!(sent, received);
+    assert_carrier(&edge, "via_tls").await;
+    assert_carrier(&parent, "tls").await;
     assert!(
         edge.wait_logged("via=\"socks5+tls://bob:***@localhost")
             .await
@@ -546,4 +578,105 @@ async fn routes_pick_the_parent_per_destination() {
         edge.wait_logged(&format!("via=\"socks5://{}\"", parent.addr))
             .await
     );
+}
+
+/// CPU ticks (user + system) a process has used.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+/// An idle TLS tunnel and a stalled TLS handshake wait without spinning, on both runtimes
+/// (the TLS layer's own syscalls must tell epoll when they would block).
+async fn idle_tls_costs_no_cpu(runtime: &str) {
+    let ca = Ca::new("test");
+    let leaf = ca.server(false);
+    let proxy = Proxy::start(&tls_args(&leaf, &["--runtime", runtime, "--threads", "1"]));
+    let echo = echo_server("127.0.0.1:0").await;
+    let tls = tls_connect(proxy.addr, &connector(&ca, None))
+        .await
+        .unwrap();
+    let mut tunnel = Socks5Stream::connect_with_socket(tls, echo).await.unwrap();
+    tunnel.write_all(b"ping").await.unwrap();
+    let mut b = [0u8; 4];
+    tunnel.read_exact(&mut b).await.unwrap();
+    // A handshake that stops after a few bytes of its ClientHello.
+    let mut stalled = TcpStream::connect(proxy.addr).await.unwrap();
+    stalled.write_all(&[22, 3, 1, 0, 200, 1]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = cpu_ticks(proxy.pid());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let used = cpu_ticks(proxy.pid()) - before;
+    // 2 s of a spinning worker would be ~200 ticks; waiting costs next to nothing.
+    assert!(used < 50, "{runtime}: {used} ticks in 2 s while idle");
+    // Both still work after the wait.
+    tunnel.write_all(b"pong").await.unwrap();
+    tunnel.read_exact(&mut b).await.unwrap();
+    assert_eq!(&b, b"pong");
+    drop(stalled);
+}
+
+#[tokio::test]
+async fn idle_tls_costs_no_cpu_epoll() {
+    idle_tls_costs_no_cpu("epoll").await;
+}
+
+#[tokio::test]
+async fn idle_tls_costs_no_cpu_io_uring() {
+    idle_tls_costs_no_cpu("uring").await;
+}
+
+/// A TLS client whose TCP connection ends without close_notify may have been truncated: the
+/// target gets a reset, not a FIN that would make the data look complete. With close_notify
+/// the end is a half-close, carried through.
+#[tokio::test]
+async fn tcp_end_without_close_notify_is_a_reset() {
+    let ca = Ca::new("test");
+    let leaf = ca.server(false);
+    let proxy = Proxy::start(&tls_args(&leaf, &[]));
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = l.local_addr().unwrap();
+
+    // close_notify, then FIN: the target reads the data and a clean end.
+    let tls = tls_connect(proxy.addr, &connector(&ca, None))
+        .await
+        .unwrap();
+    let mut s = Socks5Stream::connect_with_socket(tls, target)
+        .await
+        .unwrap();
+    let (mut t, _) = l.accept().await.unwrap();
+    s.write_all(b"complete").await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    t.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, b"complete");
+    t.write_all(b"reply after half-close").await.unwrap();
+    drop(t);
+    let mut back = Vec::new();
+    s.read_to_end(&mut back).await.unwrap();
+    assert_eq!(back, b"reply after half-close");
+
+    // A bare FIN from under TLS: the target sees a reset.
+    let tls = tls_connect(proxy.addr, &connector(&ca, None))
+        .await
+        .unwrap();
+    let mut s = Socks5Stream::connect_with_socket(tls, target)
+        .await
+        .unwrap();
+    let (mut t, _) = l.accept().await.unwrap();
+    s.write_all(b"partial").await.unwrap();
+    s.flush().await.unwrap();
+    let mut tls = s.into_inner();
+    tls.get_mut().0.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(5), t.read_to_end(&mut got))
+        .await
+        .expect("ended promptly");
+    assert!(
+        r.is_err(),
+        "a clean end after {got:?}: the truncation was hidden"
+    );
+    assert!(proxy.wait_logged("without a TLS close_notify").await);
 }

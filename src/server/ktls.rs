@@ -12,7 +12,7 @@
 //! Which versions and ciphers the kernel takes is probed once per process on a loopback
 //! connection ([`support`]); a connection whose cipher the kernel lacks stays in user space.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
@@ -20,7 +20,7 @@ use std::sync::OnceLock;
 
 use rustls::{CipherSuite, ConnectionTrafficSecrets, ExtractedSecrets, ProtocolVersion};
 
-use super::net::{splice_now, Readable, Stream};
+use super::net::{splice_now, Dir, Readable, Stream};
 use super::pool::Pipe;
 
 const TCP_ULP: libc::c_int = 31;
@@ -141,8 +141,18 @@ fn probe() -> Support {
         ciphers: Vec::new(),
     };
     let mut ciphers = Vec::new();
-    for version in [TLS_1_3, TLS_1_2] {
-        for cipher in [AES_GCM_128, AES_GCM_256, CHACHA20_POLY1305] {
+    // TLS 1.2 AES-GCM is never offloaded: its explicit nonce is E + n in the kernel and
+    // E XOR n in rustls, so the kernel's first record would reuse the nonce of rustls's last
+    // (the Finished), under the same key. TLS 1.3 and ChaCha20 derive nonces the same way in
+    // both.
+    let pairs = [
+        (TLS_1_3, AES_GCM_128),
+        (TLS_1_3, AES_GCM_256),
+        (TLS_1_3, CHACHA20_POLY1305),
+        (TLS_1_2, CHACHA20_POLY1305),
+    ];
+    for (version, cipher) in pairs {
+        {
             let pair = match loopback_pair() {
                 Ok(p) => p,
                 Err(e) => return none(format!("cannot probe on loopback: {e}")),
@@ -314,6 +324,8 @@ pub struct KtlsStream<S> {
     eof: Cell<bool>,
     /// Our close_notify was sent.
     closed: Cell<bool>,
+    /// A control record's bytes read so far (type, bytes), when it came in pieces.
+    control: RefCell<(u8, Vec<u8>)>,
 }
 
 impl<S: Stream> KtlsStream<S> {
@@ -323,60 +335,97 @@ impl<S: Stream> KtlsStream<S> {
             io,
             eof: Cell::new(false),
             closed: Cell::new(false),
+            control: RefCell::new((0, Vec::new())),
         }
     }
 
-    /// One `recvmsg(2)` with room for the record type: application data is returned; a
-    /// close_notify is the end; a session ticket is skipped (`WouldBlock` if nothing follows).
+    /// One `recvmsg(2)` at a time with room for the record type, until there is application
+    /// data (returned), the end, or nothing more now (`WouldBlock`). Records that are not data
+    /// may come in pieces (the kernel splits one larger than the buffer over several reads) and
+    /// may hold several messages: their bytes are gathered in `control` and handled whole. A
+    /// close_notify is the end; a warning alert and a session ticket are skipped; anything else
+    /// (a fatal alert, a key update) ends the tunnel. The TCP end without a close_notify is an
+    /// error (a possible truncation).
     fn recv_record(&self, buf: &mut Vec<u8>) -> io::Result<usize> {
         loop {
-            let (len, cap) = (buf.len(), buf.capacity());
-            if len == cap {
+            let len = buf.len();
+            if len == buf.capacity() {
                 return Err(io::ErrorKind::InvalidInput.into());
             }
-            let (n, kind) = recvmsg_record(self.io.raw_fd(), buf)?;
+            let fd = self.io.raw_fd();
+            let (n, kind) = self.io.direct(Dir::Read, || recvmsg_record(fd, buf))?;
+            let kind = kind.unwrap_or(RECORD_DATA);
+            if n == 0 {
+                return Err(super::tls::truncated());
+            }
+            let mut control = self.control.borrow_mut();
+            if kind == RECORD_DATA {
+                if !control.1.is_empty() {
+                    return Err(io::Error::other(
+                        "application data inside a split TLS control message",
+                    ));
+                }
+                return Ok(n);
+            }
+            if !control.1.is_empty() && control.0 != kind {
+                return Err(io::Error::other("interleaved TLS control records"));
+            }
+            control.0 = kind;
+            control.1.extend_from_slice(&buf[len..len + n]);
+            buf.truncate(len);
             match kind {
-                None | Some(RECORD_DATA) => return Ok(n),
-                Some(kind) => {
-                    let body = buf[len..len + n].to_vec();
-                    buf.truncate(len);
-                    match (kind, body.as_slice()) {
-                        // close_notify (level warning or fatal, description 0).
-                        (RECORD_ALERT, [_, 0, ..]) => {
+                RECORD_ALERT => {
+                    while control.1.len() >= 2 {
+                        let (level, desc) = (control.1[0], control.1[1]);
+                        control.1.drain(..2);
+                        if desc == 0 {
                             self.eof.set(true);
                             return Ok(0);
                         }
-                        (RECORD_ALERT, [level, desc, ..]) => {
+                        if level != 1 {
                             return Err(io::Error::new(
                                 io::ErrorKind::ConnectionAborted,
-                                format!("TLS alert from the peer (level {level}, description {desc})"),
-                            ))
+                                format!("fatal TLS alert {desc} from the peer"),
+                            ));
                         }
-                        (RECORD_HANDSHAKE, [NEW_SESSION_TICKET, ..]) => continue,
-                        (RECORD_HANDSHAKE, [t, ..]) => {
+                        tracing::debug!("kernel TLS: warning alert {desc} from the peer ignored");
+                    }
+                }
+                RECORD_HANDSHAKE => {
+                    while control.1.len() >= 4 {
+                        let body =
+                            u32::from_be_bytes([0, control.1[1], control.1[2], control.1[3]]);
+                        let whole = 4 + body as usize;
+                        if control.1.len() < whole {
+                            break;
+                        }
+                        let t = control.1[0];
+                        control.1.drain(..whole);
+                        if t != NEW_SESSION_TICKET {
                             return Err(io::Error::other(format!(
                                 "TLS handshake message {t} after the handshake (a key update?): kernel TLS cannot follow it"
-                            )))
-                        }
-                        (kind, _) => {
-                            return Err(io::Error::other(format!(
-                                "unexpected TLS record type {kind}"
-                            )))
+                            )));
                         }
                     }
+                }
+                kind => {
+                    return Err(io::Error::other(format!(
+                        "unexpected TLS record type {kind}"
+                    )))
                 }
             }
         }
     }
 
-    /// Sends close_notify (once), if the socket takes it now.
-    fn close_notify(&self) {
-        if self.closed.replace(true) {
-            return;
+    /// Sends close_notify once; `WouldBlock` when the socket has no room now.
+    fn try_close_notify(&self) -> io::Result<()> {
+        if self.closed.get() {
+            return Ok(());
         }
-        if let Err(e) = send_alert(self.io.raw_fd(), &[1, 0]) {
-            tracing::debug!("kernel TLS: close_notify not sent: {e}");
-        }
+        let fd = self.io.raw_fd();
+        self.io.direct(Dir::Write, || send_alert(fd, &[1, 0]))?;
+        self.closed.set(true);
+        Ok(())
     }
 }
 
@@ -437,7 +486,12 @@ impl<S: Stream> Stream for KtlsStream<S> {
         if self.eof.get() {
             return Ok(0);
         }
-        match splice_now(self.io.raw_fd(), pipe.writer(), len) {
+        let fd = self.io.raw_fd();
+        match self
+            .io
+            .direct(Dir::Read, || splice_now(fd, pipe.writer(), len))
+        {
+            Ok(0) => Err(super::tls::truncated()),
             Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::EIO)) => {
                 let mut buf = Vec::with_capacity(len.min(16 * 1024));
                 let n = self.recv_record(&mut buf)?;
@@ -448,11 +502,41 @@ impl<S: Stream> Stream for KtlsStream<S> {
         }
     }
 
+    fn try_write(&self, data: &[u8]) -> io::Result<usize> {
+        self.io.try_write(data)
+    }
+
+    fn try_splice_out(&self, pipe: &Pipe, len: usize) -> io::Result<usize> {
+        self.io.try_splice_out(pipe, len)
+    }
+
+    fn direct<R>(&self, dir: Dir, f: impl FnOnce() -> io::Result<R>) -> io::Result<R> {
+        self.io.direct(dir, f)
+    }
+
+    /// close_notify if the socket takes it now, then the shutdown (the relay's end of a
+    /// direction uses [`Stream::close_write`], which waits for room).
     fn shutdown(&self, how: Shutdown) {
         if how != Shutdown::Read {
-            self.close_notify();
+            if let Err(e) = self.try_close_notify() {
+                tracing::debug!("kernel TLS: close_notify not sent: {e}");
+            }
         }
         self.io.shutdown(how)
+    }
+
+    async fn close_write(&self) {
+        loop {
+            match self.try_close_notify() {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if self.io.writable().await.is_err() {
+                        break;
+                    }
+                }
+                _ => break,
+            }
+        }
+        self.io.shutdown(Shutdown::Write)
     }
 
     fn abort(&self) {

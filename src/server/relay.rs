@@ -22,7 +22,6 @@
 
 use std::cell::Cell;
 use std::io;
-use std::net::Shutdown;
 
 use super::bandwidth::Bucket;
 use super::metrics::Counter;
@@ -206,7 +205,7 @@ impl<F: Stream, T: Stream> Direction<'_, F, T> {
             };
             match end {
                 End::Switch => splicing = !splicing,
-                End::Eof => return self.to.shutdown(Shutdown::Write),
+                End::Eof => return self.to.close_write().await,
                 End::Failed(side, e) => return self.fail(side, e),
             }
         }

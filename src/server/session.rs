@@ -203,8 +203,8 @@ async fn serve<N: Net, C: Stream>(ctx: &WorkerCtx, access: Arc<Access>, client: 
     // Access rules: the request as given (a name is checked again per address once resolved).
     // A username only means something when users are configured: in open mode a client
     // that offers RFC 1929 is let in under any name, which must not match user rules. A
-    // verified client certificate names its user; a password login, if the client also
-    // made one, comes second.
+    // verified client certificate names its user, unless the client also logged in with a
+    // (verified) password: then that user counts.
     let rule_user = if access.users.is_empty() {
         identity.as_deref()
     } else {

@@ -8,7 +8,7 @@
 //! socket cannot take at once stays queued in rustls until [`Stream::try_flush`] sends it.
 
 use std::cell::RefCell;
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::os::fd::RawFd;
 use std::sync::Arc;
@@ -17,7 +17,7 @@ use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, Connection, ServerConfig, ServerConnection};
 
 use super::ktls::{self, KtlsStream};
-use super::net::{send_now, Readable, Stream};
+use super::net::{send_now, Dir, Readable, Stream};
 use super::pool::Pipe;
 
 /// Most plaintext encrypted per write: rustls queues the records until they are sent.
@@ -146,7 +146,7 @@ async fn handshake<S: Stream>(
     };
     loop {
         while conn.wants_write() {
-            match conn.write_tls(&mut Fd(fd)) {
+            match io.direct(Dir::Write, || conn.write_tls(&mut Fd(fd))) {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => io.writable().await?,
                 Err(e) => return Err(e),
@@ -155,7 +155,7 @@ async fn handshake<S: Stream>(
         if !conn.is_handshaking() {
             return Ok(conn);
         }
-        match conn.read_tls(&mut records) {
+        match io.direct(Dir::Read, || conn.read_tls(&mut records)) {
             Ok(0) => {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
@@ -189,19 +189,35 @@ impl<S: Stream> TlsStream<S> {
     /// Sends queued TLS records until none are left (`Ok`) or the socket is full
     /// (`WouldBlock`).
     fn flush(&self, conn: &mut Connection) -> io::Result<()> {
+        let fd = self.io.raw_fd();
         while conn.wants_write() {
-            conn.write_tls(&mut Fd(self.io.raw_fd()))?;
+            self.io.direct(Dir::Write, || conn.write_tls(&mut Fd(fd)))?;
         }
         Ok(())
     }
 
-    /// Plaintext already decrypted, into the spare capacity of `buf`.
+    /// Plaintext already decrypted, copied into the spare capacity of `buf` straight from
+    /// rustls's buffer (no zeroing of the spare capacity first). `Ok(0)` after close_notify.
     fn read_plain(conn: &mut Connection, buf: &mut Vec<u8>) -> io::Result<usize> {
-        let len = buf.len();
-        buf.resize(buf.capacity(), 0);
-        let r = conn.reader().read(&mut buf[len..]);
-        buf.truncate(len + *r.as_ref().unwrap_or(&0));
-        r
+        let mut total = 0;
+        loop {
+            let room = buf.capacity() - buf.len();
+            if room == 0 {
+                return Ok(total);
+            }
+            let mut reader = conn.reader();
+            match reader.fill_buf() {
+                Ok([]) => return Ok(total),
+                Ok(chunk) => {
+                    let n = chunk.len().min(room);
+                    buf.extend_from_slice(&chunk[..n]);
+                    reader.consume(n);
+                    total += n;
+                }
+                Err(_) if total > 0 => return Ok(total),
+                Err(e) => return Err(e),
+            }
+        }
     }
 }
 
@@ -258,8 +274,8 @@ impl<S: Stream> Stream for TlsStream<S> {
     }
 
     /// Decrypted bytes: those rustls holds, else what the socket has now. End of stream is the
-    /// peer's close_notify, or the TCP end without one (which many clients do; the relay
-    /// carries either as a half-close).
+    /// peer's close_notify (the relay carries it as a half-close). The TCP end without one is
+    /// an error: it may be a truncation, and a FIN passed on would make it look complete.
     fn try_read(&self, buf: &mut Vec<u8>) -> io::Result<usize> {
         if buf.len() == buf.capacity() {
             return Err(io::ErrorKind::InvalidInput.into());
@@ -269,14 +285,15 @@ impl<S: Stream> Stream for TlsStream<S> {
         loop {
             match Self::read_plain(&mut conn, buf) {
                 Ok(n) => return Ok(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock && eof => return Ok(0),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && eof => return Err(truncated()),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(truncated()),
                 Err(e) => return Err(e),
             }
-            eof = conn.read_tls(&mut Fd(self.io.raw_fd()))? == 0;
+            let fd = self.io.raw_fd();
+            eof = self.io.direct(Dir::Read, || conn.read_tls(&mut Fd(fd)))? == 0;
             if let Err(e) = conn.process_new_packets() {
-                let _ = conn.write_tls(&mut Fd(self.io.raw_fd()));
+                let _ = self.flush(&mut conn);
                 return Err(invalid(e));
             }
             // A post-handshake message may want an answer (a key update).
@@ -338,7 +355,8 @@ impl<S: Stream> Stream for TlsStream<S> {
         Err(io::ErrorKind::Unsupported.into())
     }
 
-    /// A write shutdown sends close_notify first (if the socket takes it now).
+    /// A write shutdown sends close_notify first if the socket takes it now (the relay's end
+    /// of a direction uses [`Stream::close_write`], which waits for room).
     fn shutdown(&self, how: Shutdown) {
         if how != Shutdown::Read {
             let mut conn = self.conn.borrow_mut();
@@ -346,6 +364,25 @@ impl<S: Stream> Stream for TlsStream<S> {
             let _ = self.flush(&mut conn);
         }
         self.io.shutdown(how)
+    }
+
+    async fn close_write(&self) {
+        self.conn.borrow_mut().send_close_notify();
+        loop {
+            match self.try_flush() {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if self.io.writable().await.is_err() {
+                        break;
+                    }
+                }
+                _ => break,
+            }
+        }
+        self.io.shutdown(Shutdown::Write)
+    }
+
+    fn direct<R>(&self, dir: Dir, f: impl FnOnce() -> io::Result<R>) -> io::Result<R> {
+        self.io.direct(dir, f)
     }
 
     fn abort(&self) {
@@ -437,6 +474,14 @@ impl Write for Fd {
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
+}
+
+/// The TCP connection ended without the peer's close_notify.
+pub(crate) fn truncated() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        "the peer closed the TCP connection without a TLS close_notify (possible truncation)",
+    )
 }
 
 fn invalid(e: rustls::Error) -> io::Error {

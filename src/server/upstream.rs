@@ -88,12 +88,14 @@ impl ParentError {
         }
     }
 
-    /// The reply our client gets: the parent's own refusal when it gave one, else a general
-    /// failure (our side of the chain broke, not the destination).
+    /// The reply our client gets: the parent's own refusal when it gave one, host unreachable
+    /// when it did not answer in time, else a general failure (our side of the chain broke,
+    /// not the destination).
     pub fn reply(&self) -> ReplyCode {
         match self {
             ParentError::Refused(e) => e.reply_code(),
-            ParentError::Timeout => ReplyCode::TtlExpired,
+            // As for a direct connect that times out.
+            ParentError::Timeout => ReplyCode::HostUnreachable,
             _ => ReplyCode::GeneralFailure,
         }
     }

@@ -104,6 +104,13 @@ pub fn server_config(files: &TlsFiles) -> Result<(Arc<ServerConfig>, Vec<String>
         None => builder.with_no_client_auth(),
         Some(path) => {
             let roots = roots(path)?;
+            if roots.len() > 10 {
+                warnings.push(format!(
+                    "{}: {} client CAs (a public CA bundle?): any client certificate one of them signed gets in, its CN as the user; use a CA of your own",
+                    path.display(),
+                    roots.len()
+                ));
+            }
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                 .build()
                 .map_err(|e| TlsError::ClientCa {

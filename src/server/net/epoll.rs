@@ -11,7 +11,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
 use super::{
-    recv_from_now, recv_now, send_now, send_to_now, shutdown_fd, splice_now, Datagram, Net,
+    recv_from_now, recv_now, send_now, send_to_now, shutdown_fd, splice_now, Datagram, Dir, Net,
     Readable, Stream,
 };
 use crate::server::pool::Pipe;
@@ -29,7 +29,7 @@ impl EpollStream {
     /// while [`Stream::closed`] had cleared it). Nothing can set the readiness between the
     /// syscall and the clearing: this worker's reactor only runs when the task yields, and a
     /// later arrival is a new edge that sets it again.
-    fn direct<R>(&self, interest: Interest, f: impl FnOnce() -> io::Result<R>) -> io::Result<R> {
+    fn direct_on<R>(&self, interest: Interest, f: impl FnOnce() -> io::Result<R>) -> io::Result<R> {
         let r = f();
         if matches!(&r, Err(e) if e.kind() == io::ErrorKind::WouldBlock) {
             self.forget(interest);
@@ -101,12 +101,22 @@ impl Stream for EpollStream {
         }
     }
 
+    fn direct<R>(&self, dir: Dir, f: impl FnOnce() -> io::Result<R>) -> io::Result<R> {
+        let interest = match dir {
+            Dir::Read => Interest::READABLE,
+            Dir::Write => Interest::WRITABLE,
+        };
+        EpollStream::direct_on(self, interest, f)
+    }
+
     fn try_read(&self, buf: &mut Vec<u8>) -> io::Result<usize> {
-        self.direct(Interest::READABLE, || recv_now(self.0.as_raw_fd(), buf))
+        EpollStream::direct_on(self, Interest::READABLE, || {
+            recv_now(self.0.as_raw_fd(), buf)
+        })
     }
 
     fn try_write(&self, data: &[u8]) -> io::Result<usize> {
-        self.direct(Interest::WRITABLE, || send_now(self.0.as_raw_fd(), data))
+        self.direct_on(Interest::WRITABLE, || send_now(self.0.as_raw_fd(), data))
     }
 
     fn set_nonblocking(&self) -> io::Result<()> {
@@ -115,12 +125,12 @@ impl Stream for EpollStream {
 
     fn try_splice_in(&self, pipe: &Pipe, len: usize) -> io::Result<usize> {
         let fd = self.0.as_raw_fd();
-        self.direct(Interest::READABLE, || splice_now(fd, pipe.writer(), len))
+        self.direct_on(Interest::READABLE, || splice_now(fd, pipe.writer(), len))
     }
 
     fn try_splice_out(&self, pipe: &Pipe, len: usize) -> io::Result<usize> {
         let fd = self.0.as_raw_fd();
-        self.direct(Interest::WRITABLE, || splice_now(pipe.reader(), fd, len))
+        self.direct_on(Interest::WRITABLE, || splice_now(pipe.reader(), fd, len))
     }
 
     async fn read_now(&self, mut buf: Vec<u8>) -> (io::Result<usize>, Vec<u8>) {

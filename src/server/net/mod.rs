@@ -46,6 +46,21 @@ pub trait Stream: 'static {
         send_now(self.raw_fd(), data)
     }
 
+    /// Makes `f`, a direct non-blocking syscall on this socket reading (`Dir::Read`) or
+    /// writing (`Dir::Write`), and tells the runtime when it would block: epoll forgets its
+    /// cached readiness, so that the next wait really waits. Layers that make their own
+    /// syscalls on the socket (TLS) go through this.
+    fn direct<R>(&self, dir: Dir, f: impl FnOnce() -> io::Result<R>) -> io::Result<R> {
+        let _ = dir;
+        f()
+    }
+
+    /// Ends the write side once everything queued is out: a TLS stream sends close_notify
+    /// first (waiting for room if it must), a plain one just `shutdown(SHUT_WR)`s.
+    async fn close_write(&self) {
+        self.shutdown(Shutdown::Write)
+    }
+
     /// Sends what an earlier write left queued in user space (a TLS stream's records); `Ok`
     /// once nothing is, `WouldBlock` when the socket is full. Plain sockets queue nothing.
     fn try_flush(&self) -> io::Result<()> {
@@ -182,6 +197,15 @@ pub async fn write_ready<S: Stream>(s: &S, mut data: &[u8]) -> io::Result<()> {
             Err(e) => return Err(e),
         }
     }
+}
+
+/// Which way a direct syscall moves bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dir {
+    /// recv, splice from the socket.
+    Read,
+    /// send, splice to the socket.
+    Write,
 }
 
 /// What a readability wait saw.
