@@ -222,12 +222,12 @@ async fn big_transfer_over_tls_listener(runtime: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn tls_listener_carries_256_mib_each_way_io_uring() {
+async fn tls_listener_carries_a_hashed_transfer_each_way_io_uring() {
     big_transfer_over_tls_listener("uring").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn tls_listener_carries_256_mib_each_way_epoll() {
+async fn tls_listener_carries_a_hashed_transfer_each_way_epoll() {
     big_transfer_over_tls_listener("epoll").await;
 }
 
@@ -380,7 +380,7 @@ async fn sighup_replaces_the_certificate() {
 /// ringsocks (plain) -> ringsocks (TLS, user/pass) -> target: the laptop mode. 256 MiB each
 /// way through user-space TLS on both proxies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn two_hop_chain_over_tls_carries_256_mib() {
+async fn two_hop_chain_over_tls_carries_a_hashed_transfer() {
     let ca = Ca::new("test");
     let leaf = ca.server(false);
     let parent = Proxy::start(&tls_args(
@@ -679,4 +679,172 @@ async fn tcp_end_without_close_notify_is_a_reset() {
         "a clean end after {got:?}: the truncation was hidden"
     );
     assert!(proxy.wait_logged("without a TLS close_notify").await);
+}
+
+/// A TLS 1.2 client through a tap that keeps what the proxy sends: the echo comes back, and
+/// no application record reuses the explicit nonce of the handshake's Finished or of another
+/// record (under kernel TLS, TLS 1.2 AES-GCM once did: the kernel adds to the nonce where
+/// rustls XORs the sequence number).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls12_records_never_repeat_a_nonce() {
+    let ca = Ca::new("test");
+    let leaf = ca.server(false);
+    for runtime in ["uring", "epoll"] {
+        let proxy = Proxy::start(&tls_args(&leaf, &["--runtime", runtime]));
+        let echo = echo_server("127.0.0.1:0").await;
+        let tap = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tap_addr = tap.local_addr().unwrap();
+        let (to_proxy, seen) = (proxy.addr, Arc::new(std::sync::Mutex::new(Vec::new())));
+        let keep = seen.clone();
+        tokio::spawn(async move {
+            let (client, _) = tap.accept().await.unwrap();
+            let server = TcpStream::connect(to_proxy).await.unwrap();
+            let (mut cr, mut cw) = client.into_split();
+            let (mut sr, mut sw) = server.into_split();
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut cr, &mut sw).await;
+                let _ = sw.shutdown().await;
+            });
+            let mut b = vec![0u8; 65536];
+            while let Ok(n @ 1..) = sr.read(&mut b).await {
+                keep.lock().unwrap().extend_from_slice(&b[..n]);
+                if cw.write_all(&b[..n]).await.is_err() {
+                    break;
+                }
+            }
+            let _ = cw.shutdown().await;
+        });
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.der()).unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS12])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(
+                ServerName::try_from("localhost").unwrap(),
+                TcpStream::connect(tap_addr).await.unwrap(),
+            )
+            .await
+            .unwrap();
+        let mut s = Socks5Stream::connect_with_socket(tls, echo).await.unwrap();
+        for i in 0..5u8 {
+            s.write_all(&[i; 100]).await.unwrap();
+            let mut back = [0u8; 100];
+            s.read_exact(&mut back).await.unwrap();
+            assert_eq!(back, [i; 100]);
+        }
+        s.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+
+        // Records after the ChangeCipherSpec are encrypted; AES-GCM's carry an 8-byte
+        // explicit nonce first (ChaCha20's carry none, and then there is nothing to check).
+        let wire = seen.lock().unwrap().clone();
+        let (mut at, mut encrypted, mut nonces) = (0, false, Vec::new());
+        while at + 5 <= wire.len() {
+            let (kind, len) = (
+                wire[at],
+                u16::from_be_bytes([wire[at + 3], wire[at + 4]]) as usize,
+            );
+            if encrypted && at + 13 <= wire.len() {
+                nonces.push(wire[at + 5..at + 13].to_vec());
+            }
+            encrypted |= kind == 20;
+            at += 5 + len;
+        }
+        assert!(nonces.len() >= 6, "{runtime}: Finished and replies seen");
+        let suite_has_explicit_nonce = !proxy.logged("WITH_CHACHA20");
+        if suite_has_explicit_nonce {
+            let mut unique = nonces.clone();
+            unique.sort();
+            unique.dedup();
+            assert_eq!(
+                unique.len(),
+                nonces.len(),
+                "{runtime}: a nonce repeats: {nonces:02x?}"
+            );
+        }
+    }
+}
+
+#[derive(Debug)]
+struct BigTickets;
+
+impl rustls::server::ProducesTickets for BigTickets {
+    fn enabled(&self) -> bool {
+        true
+    }
+    fn lifetime(&self) -> u32 {
+        3600
+    }
+    fn encrypt(&self, _plain: &[u8]) -> Option<Vec<u8>> {
+        Some(vec![0xab; 1800])
+    }
+    fn decrypt(&self, _cipher: &[u8]) -> Option<Vec<u8>> {
+        None
+    }
+}
+
+/// A SOCKS5-over-TLS parent (tokio-rustls) that sends 1.8 KB TLS 1.3 session tickets right
+/// after the handshake: they arrive with or after its SOCKS replies and must be skipped
+/// whole (under kernel TLS they come up as control records, in pieces).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parent_sending_large_session_tickets() {
+    let ca = Ca::new("test");
+    let leaf = ca.server(false);
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![leaf.der.clone()], leaf.key_der.clone_key())
+        .unwrap();
+    config.ticketer = Arc::new(BigTickets);
+    config.send_tls13_tickets = 2;
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let parent = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut t) = acceptor.accept(s).await else {
+                    return;
+                };
+                // Greeting (no auth), then the request; the reply names 127.0.0.1:80.
+                let mut b = [0u8; 512];
+                let _ = t.read(&mut b).await;
+                t.write_all(&[5, 0]).await.unwrap();
+                let _ = t.read(&mut b).await;
+                t.write_all(&[5, 0, 0, 1, 127, 0, 0, 1, 0, 80])
+                    .await
+                    .unwrap();
+                while let Ok(n @ 1..) = t.read(&mut b).await {
+                    if t.write_all(&b[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let url = format!(
+        "socks5+tls://localhost:{}?ca={}",
+        parent.port(),
+        ca.pem.as_str()
+    );
+    for runtime in ["uring", "epoll"] {
+        let edge = Proxy::start(&["--runtime", runtime, "--upstream", &url]);
+        let mut s = Socks5Stream::connect(edge.addr, "192.0.2.1:80")
+            .await
+            .unwrap();
+        s.write_all(b"ping").await.unwrap();
+        let mut b = [0u8; 4];
+        tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut b))
+            .await
+            .expect("the echo through the parent")
+            .unwrap();
+        assert_eq!(&b, b"ping", "{runtime}");
+    }
 }

@@ -27,6 +27,8 @@
 #   VM_APPEND    extra kernel command line
 #   VM_SMP       vCPUs (default 2)
 #   VM_KEEP=1    keep the work directory (initramfs, console log)
+#   VM_COMPRESS  initramfs compressor command, e.g. "gzip -1" (default: none,
+#                which boots faster; the guest holds it in RAM either way)
 #   VM_KERNEL_IMAGE  auto (default: the unpacked PVH vmlinux when the kernel
 #                supports it, which boots faster) or bzimage
 #   KTLS_KERNEL_PKG  Debian kernel package (default: whatever is cached, else
@@ -79,6 +81,7 @@ START=$SECONDS
 WORK=
 QPID=
 TAILPID=
+# shellcheck disable=SC2317  # (reached through the traps)
 cleanup() {
     local rc=$?
     if [ -n "$QPID" ] && kill -0 "$QPID" 2>/dev/null; then
@@ -117,8 +120,7 @@ ensure_tools() {
     for pair in qemu-system-x86_64:qemu-system-x86 cpio:cpio depmod:kmod \
                 modprobe:kmod gzip:gzip xz:xz-utils zstd:zstd dpkg-deb:dpkg \
                 ldd:libc-bin; do
-        command -v "${pair%%:*}" >/dev/null 2>&1 || PATH=$PATH:/usr/sbin:/sbin \
-            command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
+        command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
     done
     # The busybox copied into the VM must be the static one.
     if ! [ -x /bin/busybox ] || ldd /bin/busybox >/dev/null 2>&1; then
@@ -138,8 +140,6 @@ ensure_tools
 
 # ---------------------------------------------------------------- kernel
 mkdir -p "$CACHE"
-exec 9>"$CACHE/.lock"
-flock -w 900 9 || die "could not lock $CACHE/.lock"
 
 pick_kernel_pkg() {
     if [ -n "${KTLS_KERNEL_PKG:-}" ]; then
@@ -165,6 +165,16 @@ pick_kernel_pkg() {
 
 KPKG=$(pick_kernel_pkg)
 KDIR=$CACHE/$KPKG
+cache_ready() {
+    [ -f "$KDIR/.complete" ] && { [ -f "$KDIR/vmlinux" ] || [ -f "$KDIR/.no-vmlinux" ]; }
+}
+# Lock only while the cache is being filled, so runs can go in parallel.
+LOCKED=0
+if ! cache_ready; then
+    exec 9>"$CACHE/.lock"
+    flock -w 900 9 || die "could not lock $CACHE/.lock"
+    LOCKED=1
+fi
 if [ ! -f "$KDIR/.complete" ]; then
     log "fetching kernel package $KPKG into $KDIR"
     rm -rf "$KDIR" "$CACHE/.dl"
@@ -188,7 +198,9 @@ if [ ! -f "$KDIR/.complete" ]; then
     touch "$KDIR/.complete"
 fi
 KVER=$(basename "$(find "$KDIR/lib/modules" -mindepth 1 -maxdepth 1 -type d | head -n 1)")
-[ -n "$KVER" ] && [ -f "$KDIR/vmlinuz" ] || die "broken kernel cache $KDIR (delete it)"
+if [ -z "$KVER" ] || [ ! -f "$KDIR/vmlinuz" ]; then
+    die "broken kernel cache $KDIR (delete it)"
+fi
 
 # The bzImage decompresses itself in the guest, which takes seconds under
 # TCG. A kernel built with CONFIG_PVH boots straight from its ELF vmlinux
@@ -231,8 +243,10 @@ case ${VM_KERNEL_IMAGE:-auto} in
         [ -f "$KDIR/vmlinux" ] && KIMAGE=$KDIR/vmlinux ;;
     *) die "VM_KERNEL_IMAGE must be auto or bzimage" ;;
 esac
-flock -u 9
-exec 9>&-
+if [ "$LOCKED" = 1 ]; then
+    flock -u 9
+    exec 9>&-
+fi
 
 # ---------------------------------------------------------------- initramfs
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/ktls-vm.XXXXXX")
@@ -254,11 +268,24 @@ copy_path() {
     fi
 }
 
-# Copy an executable and its shared libraries.
+# Copy an executable and its shared libraries (or a script and its
+# interpreter). /bin/sh and busybox stay busybox's.
 copy_exe() {
-    local exe=$1 root=$2 lib
+    local exe=$1 root=$2 lib interp
+    case $exe in
+        /bin/sh|/usr/bin/sh|/bin/busybox|/usr/bin/busybox) return 0 ;;
+    esac
     copy_path "$exe" "$root"
-    is_elf "$exe" || return 0
+    if ! is_elf "$exe"; then
+        if [ "$(head -c 2 "$exe")" = '#!' ]; then
+            read -r interp _ < <(head -n 1 "$exe" | cut -c3-) || true
+            if [[ $interp == /* ]] && [ -f "$interp" ] && [ -x "$interp" ] \
+                && [ "$interp" != "$exe" ]; then
+                copy_exe "$interp" "$root"
+            fi
+        fi
+        return 0
+    fi
     while read -r lib; do
         [ -n "$lib" ] || continue
         [ -e "$root$lib" ] || copy_path "$lib" "$root"
@@ -293,8 +320,12 @@ make_skeleton() {
 # Shell-quote for the busybox sh init script.
 q() { local s=${1//\'/\'\\\'\'}; printf "'%s'" "$s"; }
 
+# Uncompressed by default: under TCG the guest needs seconds to gunzip a
+# large initramfs (about 8 s for 60 MB) and no time to copy a plain one.
 make_cpio() {  # root out
-    (cd "$1" && find . -print0 | cpio --null -o -H newc -R 0:0 --quiet) | gzip -1 > "$2"
+    local -a comp
+    read -ra comp <<< "${VM_COMPRESS:-cat}"
+    (cd "$1" && find . -print0 | cpio --null -o -H newc -R 0:0 --quiet) | "${comp[@]}" > "$2"
 }
 
 # Stage modules (with dependencies) and the insmod order.
@@ -396,7 +427,7 @@ probe_kvm() {
         make_skeleton "$p/root"
         printf '#!/bin/sh\necho KVM_PROBE_OK\n/bin/busybox poweroff -f\n' > "$p/root/init"
         chmod 755 "$p/root/init"
-        make_cpio "$p/root" "$p/initrd"
+        VM_COMPRESS="cat" make_cpio "$p/root" "$p/initrd"
         # (stderr hidden: a failing KVM may abort qemu, and bash reports it)
         run_qemu kvm "$p/initrd" 30 "$p/log" 0 2>/dev/null
         if grep -aq KVM_PROBE_OK "$p/log"; then echo ok; else echo no; fi > "$file.$$"
@@ -487,15 +518,15 @@ EOF
         fi
     done
     printf 'cd %s 2>/dev/null || cd /tmp\n' "$(q "$VM_CWD")"
-    printf 'say "running:'
-    for a in "$@"; do printf ' %s' "${a//[\"\$\`\\]/_}"; done
-    printf '"\n'
+    # shellcheck disable=SC2016
+    printf 'say "running: $(cat /etc/ringsocks-vm/cmdline)"\n'
     for a in "$@"; do printf '%s ' "$(q "$a")"; done
     printf '</dev/null\nfinish $?\n'
 } > "$R/init"
 chmod 755 "$R/init"
+printf '%s ' "$@" > "$R/etc/ringsocks-vm/cmdline"
 
-INITRD=$WORK/initrd.cpio.gz
+INITRD=$WORK/initrd.cpio
 make_cpio "$R" "$INITRD"
 log "kernel $KPKG ($KVER), initramfs $(du -h "$INITRD" | cut -f1), built in $((SECONDS - START))s"
 
