@@ -173,6 +173,8 @@ pub struct Host {
     pub cgroup_mem_left: Option<u64>,
     /// Page size in bytes (`None`: 4096 assumed).
     pub page_size: Option<u64>,
+    /// Kernel TLS: `Err(why)` when unavailable; `None`: not probed.
+    pub ktls: Option<Result<String, String>>,
 }
 
 impl Host {
@@ -203,6 +205,13 @@ impl Host {
                 .zip(cg_num("memory.current"))
                 .map(|(max, now)| max.saturating_sub(now)),
             page_size: sysconf(libc::_SC_PAGESIZE),
+            ktls: Some({
+                let s = crate::server::ktls::support();
+                match &s.unavailable {
+                    Some(why) => Err(why.clone()),
+                    None => Ok(s.describe()),
+                }
+            }),
         }
     }
 
@@ -216,7 +225,7 @@ impl Host {
 type Check = fn(&Host, u64) -> Option<Finding>;
 
 /// Every check in print order, with what it reads (named in the note when it is skipped).
-const CHECKS: [(&str, &str, Check); 13] = [
+const CHECKS: [(&str, &str, Check); 14] = [
     ("nofile", "RLIMIT_NOFILE", nofile),
     ("nr_open", "fs.nr_open", nr_open),
     ("file-max", "fs.file-nr", file_max),
@@ -230,6 +239,7 @@ const CHECKS: [(&str, &str, Check); 13] = [
     ("tcp_mem", "net.ipv4.tcp_mem", tcp_mem),
     ("conntrack", "nf_conntrack_max (not loaded)", conntrack),
     ("pipes", "pipe-user-pages-soft", pipes),
+    ("ktls", "TCP_ULP tls", ktls),
 ];
 
 /// Every finding for `tunnels` concurrent tunnels on `host`, in print order.
@@ -358,6 +368,20 @@ fn tw_reuse(h: &Host, _: u64) -> Option<Finding> {
     let fix = "sysctl -w net.ipv4.tcp_tw_reuse=1 (outgoing connections only; there is no \
                tcp_tw_recycle since Linux 4.12)";
     Some(Finding::new(judge(v == 1, Warn), detail, fix))
+}
+
+/// Kernel TLS matters only for TLS listeners and parents: without it their tunnels relay in
+/// user space (about twice the CPU per byte, and no splice), which is worth knowing, not a
+/// limit.
+fn ktls(h: &Host, _: u64) -> Option<Finding> {
+    Some(match h.ktls.as_ref()? {
+        Ok(what) => Finding::new(Severity::Ok, what.clone(), ""),
+        Err(why) => Finding::new(
+            Warn,
+            format!("kernel TLS unavailable ({why}): TLS tunnels relay in user space"),
+            "modprobe tls, and tls in /etc/modules-load.d/ (only matters with TLS listeners or parents)",
+        ),
+    })
 }
 
 fn uring(h: &Host, _: u64) -> Option<Finding> {

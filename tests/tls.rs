@@ -141,6 +141,14 @@ fn connector(ca: &Ca, client: Option<&Leaf>) -> tokio_rustls::TlsConnector {
 
 type Tls = tokio_rustls::client::TlsStream<TcpStream>;
 
+/// A SOCKS5 tunnel to `target` through the TLS listener at `proxy` (trusting `ca`).
+async fn tunnel(proxy: SocketAddr, ca: &Ca, target: SocketAddr) -> Socks5Stream<Tls> {
+    let tls = tls_connect(proxy, &connector(ca, None)).await.unwrap();
+    Socks5Stream::connect_with_socket(tls, target)
+        .await
+        .unwrap()
+}
+
 async fn tls_connect(proxy: SocketAddr, c: &tokio_rustls::TlsConnector) -> std::io::Result<Tls> {
     let tcp = TcpStream::connect(proxy).await?;
     let name = ServerName::try_from("localhost").unwrap();
@@ -207,10 +215,7 @@ async fn big_transfer_over_tls_listener(runtime: &str) {
     let proxy = Proxy::start(&tls_args(&leaf, &["--runtime", runtime]));
     assert!(proxy.wait_logged("SOCKS over TLS").await);
     let echo = echo_server("127.0.0.1:0").await;
-    let tls = tls_connect(proxy.addr, &connector(&ca, None))
-        .await
-        .unwrap();
-    let s = Socks5Stream::connect_with_socket(tls, echo).await.unwrap();
+    let s = tunnel(proxy.addr, &ca, echo).await;
     let total = big();
     let (sent, got, received) =
         tokio::time::timeout(Duration::from_secs(240), echo_through(s, total))
@@ -259,10 +264,7 @@ async fn an_untrusted_certificate_is_refused_and_the_worker_lives() {
         &b[..n]
     );
     // The one worker still serves.
-    let tls = tls_connect(proxy.addr, &connector(&ca, None))
-        .await
-        .unwrap();
-    let mut s = Socks5Stream::connect_with_socket(tls, echo).await.unwrap();
+    let mut s = tunnel(proxy.addr, &ca, echo).await;
     s.write_all(b"still here").await.unwrap();
     let mut back = [0u8; 10];
     s.read_exact(&mut back).await.unwrap();
@@ -595,10 +597,7 @@ async fn idle_tls_costs_no_cpu(runtime: &str) {
     let leaf = ca.server(false);
     let proxy = Proxy::start(&tls_args(&leaf, &["--runtime", runtime, "--threads", "1"]));
     let echo = echo_server("127.0.0.1:0").await;
-    let tls = tls_connect(proxy.addr, &connector(&ca, None))
-        .await
-        .unwrap();
-    let mut tunnel = Socks5Stream::connect_with_socket(tls, echo).await.unwrap();
+    let mut tunnel = tunnel(proxy.addr, &ca, echo).await;
     tunnel.write_all(b"ping").await.unwrap();
     let mut b = [0u8; 4];
     tunnel.read_exact(&mut b).await.unwrap();
@@ -640,12 +639,7 @@ async fn tcp_end_without_close_notify_is_a_reset() {
     let target = l.local_addr().unwrap();
 
     // close_notify, then FIN: the target reads the data and a clean end.
-    let tls = tls_connect(proxy.addr, &connector(&ca, None))
-        .await
-        .unwrap();
-    let mut s = Socks5Stream::connect_with_socket(tls, target)
-        .await
-        .unwrap();
+    let mut s = tunnel(proxy.addr, &ca, target).await;
     let (mut t, _) = l.accept().await.unwrap();
     s.write_all(b"complete").await.unwrap();
     s.shutdown().await.unwrap();
@@ -659,12 +653,7 @@ async fn tcp_end_without_close_notify_is_a_reset() {
     assert_eq!(back, b"reply after half-close");
 
     // A bare FIN from under TLS: the target sees a reset.
-    let tls = tls_connect(proxy.addr, &connector(&ca, None))
-        .await
-        .unwrap();
-    let mut s = Socks5Stream::connect_with_socket(tls, target)
-        .await
-        .unwrap();
+    let mut s = tunnel(proxy.addr, &ca, target).await;
     let (mut t, _) = l.accept().await.unwrap();
     s.write_all(b"partial").await.unwrap();
     s.flush().await.unwrap();
