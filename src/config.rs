@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::auth::{Users, UsersError};
+use crate::proto::TargetAddr;
 use crate::route::{RouteConfig, Routes};
 use crate::rules::{AccessConfig, Cidr, Rules};
 use crate::server::bandwidth::parse_rate;
@@ -190,6 +191,55 @@ pub struct ServeArgs {
     /// encrypts, and the relay splices [default: auto]
     #[arg(long, value_name = "MODE")]
     pub ktls: Option<KtlsChoice>,
+    /// A static port map: every connection to LISTEN is relayed to DEST, like `ssh -L`, under
+    /// the access rules, limits and routes (`--upstream`) of a CONNECT to DEST (repeatable):
+    /// `tcp:127.0.0.1:8080=internal.example:80`
+    #[arg(long = "map", value_name = "tcp:LISTEN=DEST", value_parser = parse_map)]
+    pub maps: Vec<PortMap>,
+}
+
+/// One `--map`: a listener whose connections all go to one destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortMap {
+    /// Where it listens.
+    pub listen: SocketAddr,
+    /// Where every connection goes.
+    pub target: TargetAddr,
+}
+
+/// Parses `tcp:LISTEN=HOST:PORT` (IPv6 addresses in brackets).
+pub fn parse_map(s: &str) -> Result<PortMap, String> {
+    let (proto, rest) = s.split_once(':').ok_or("expected tcp:LISTEN=HOST:PORT")?;
+    match proto {
+        "tcp" => {}
+        "udp" => return Err("UDP port maps are not supported yet (tcp only)".into()),
+        other => return Err(format!("unknown protocol {other:?} (expected tcp)")),
+    }
+    let (listen, dest) = rest
+        .split_once('=')
+        .ok_or("expected tcp:LISTEN=HOST:PORT")?;
+    let listen = listen
+        .parse::<SocketAddr>()
+        .map_err(|e| format!("listen address {listen:?}: {e}"))?;
+    let (host, port) = dest
+        .rsplit_once(':')
+        .ok_or_else(|| format!("destination {dest:?}: expected HOST:PORT"))?;
+    let port = match port.parse::<u16>() {
+        Ok(p) if p != 0 => p,
+        _ => return Err(format!("destination {dest:?}: bad port")),
+    };
+    let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'));
+    let target = match (bare.unwrap_or(host).parse::<IpAddr>(), bare) {
+        (Ok(ip), _) => TargetAddr::Ip(SocketAddr::new(ip, port)),
+        (Err(_), Some(_)) => return Err(format!("destination {dest:?}: bad IPv6 address")),
+        (Err(_), None)
+            if (1..=255).contains(&host.len()) && !host.contains(['/', ' ', ':', '[', ']']) =>
+        {
+            TargetAddr::Domain(host.to_owned(), port)
+        }
+        (Err(_), None) => return Err(format!("destination {dest:?}: bad host name")),
+    };
+    Ok(PortMap { listen, target })
 }
 
 /// One `--udp-advertise` entry.
@@ -276,6 +326,8 @@ pub struct FileConfig {
     access: Option<AccessConfig>,
     /// Default parent proxy (`--upstream`).
     upstream: Option<String>,
+    /// `map = ["tcp:127.0.0.1:8080=internal.example:80"]`
+    map: Option<Vec<String>>,
     ktls: Option<KtlsChoice>,
     /// `[tls]`: SOCKS over TLS listeners.
     tls: Option<FileTls>,
@@ -453,6 +505,8 @@ pub struct Config {
     pub routes: Routes,
     /// Kernel TLS offload.
     pub ktls: KtlsChoice,
+    /// Static port maps.
+    pub maps: Vec<PortMap>,
 }
 
 impl Config {
@@ -526,10 +580,12 @@ impl Config {
         } else {
             file.proxy_listen.clone().unwrap_or_default()
         };
-        // Only --proxy-listen or --tls-listen given: no plain SOCKS listener unless asked for
-        // too.
-        let tls_listen_given =
-            !args.tls_listen.is_empty() || file.tls.as_ref().is_some_and(|t| t.listen.is_some());
+        // Only --proxy-listen, --tls-listen or --map given: no plain SOCKS listener unless
+        // asked for too.
+        let tls_listen_given = !args.tls_listen.is_empty()
+            || file.tls.as_ref().is_some_and(|t| t.listen.is_some())
+            || !args.maps.is_empty()
+            || file.map.is_some();
         let listen = if args.listen.is_empty()
             && file.listen.is_none()
             && (!proxy_listen.is_empty() || tls_listen_given)
@@ -539,7 +595,32 @@ impl Config {
             listen
         };
         let (listen, tls_listen, tls) = tls_settings(args, &file, listen)?;
-        if listen.is_empty() && proxy_listen.is_empty() && tls_listen.is_empty() {
+        let maps = if !args.maps.is_empty() {
+            args.maps.clone()
+        } else {
+            let specs = file.map.iter().flatten();
+            specs
+                .map(|m| parse_map(m).map_err(|e| ConfigError::Invalid(format!("map {m:?}: {e}"))))
+                .collect::<Result<Vec<_>, _>>()?
+        };
+        let taken: Vec<&SocketAddr> = listen
+            .iter()
+            .chain(&proxy_listen)
+            .chain(&tls_listen)
+            .collect();
+        for (i, m) in maps.iter().enumerate() {
+            let twice = maps[..i].iter().any(|o| o.listen == m.listen);
+            if twice || taken.contains(&&m.listen) {
+                return Err(ConfigError::Invalid(format!(
+                    "map listen address {} is used twice",
+                    m.listen
+                )));
+            }
+        }
+        let none = [&listen, &proxy_listen, &tls_listen]
+            .iter()
+            .all(|l| l.is_empty());
+        if none && maps.is_empty() {
             return Err(ConfigError::Invalid("no listen address".into()));
         }
         let proxy_from = if !args.proxy_from.is_empty() {
@@ -719,6 +800,7 @@ impl Config {
             )
             .map_err(ConfigError::Invalid)?,
             ktls: args.ktls.or(file.ktls).unwrap_or(KtlsChoice::Auto),
+            maps,
         };
         config.check_open_proxy()?;
         Ok(config)
@@ -999,6 +1081,41 @@ mod tests {
         assert!(c.listen.is_empty());
         assert_eq!(c.tls_listen, vec!["127.0.0.1:2443".parse().unwrap()]);
         assert!(c.files.contains(&cert));
+    }
+
+    #[test]
+    fn port_maps() {
+        let m = parse_map("tcp:[::1]:2222=[2001:db8::7]:22").unwrap();
+        assert_eq!(m.listen, "[::1]:2222".parse().unwrap());
+        assert_eq!(
+            m.target,
+            TargetAddr::Ip("[2001:db8::7]:22".parse().unwrap())
+        );
+        let m = parse_map("tcp:127.0.0.1:8080=internal.example:80").unwrap();
+        assert_eq!(m.target, TargetAddr::Domain("internal.example".into(), 80));
+        assert!(parse_map("udp:127.0.0.1:53=10.0.0.1:53")
+            .unwrap_err()
+            .contains("not supported yet"));
+        // Maps alone: no SOCKS listener besides; one address twice is refused.
+        let a = ServeArgs {
+            maps: vec![m.clone()],
+            ..Default::default()
+        };
+        let c = Config::resolve(&a, FileConfig::default()).unwrap();
+        assert!(c.listen.is_empty());
+        assert_eq!(c.maps, vec![m.clone()]);
+        let twice = ServeArgs {
+            maps: vec![m.clone(), m],
+            ..Default::default()
+        };
+        assert!(Config::resolve(&twice, FileConfig::default()).is_err());
+        let file = FileConfig::parse("map = [\"tcp:127.0.0.1:9000=10.0.0.1:9000\"]").unwrap();
+        let c = Config::resolve(&ServeArgs::default(), file).unwrap();
+        assert_eq!(c.maps[0].listen, "127.0.0.1:9000".parse().unwrap());
+        assert!(FileConfig::parse("map = [\"tcp:nonsense\"]")
+            .map(|f| Config::resolve(&ServeArgs::default(), f))
+            .unwrap()
+            .is_err());
     }
 
     #[test]

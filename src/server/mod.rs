@@ -191,13 +191,21 @@ fn listeners(
         return Ok(per_worker);
     }
     let defer = defer_secs(config);
-    let fronts = [
-        (&config.listen, worker::Front::Socks),
-        (&config.proxy_listen, worker::Front::ProxyHeader),
-        (&config.tls_listen, worker::Front::Tls),
+    let mut fronts = vec![
+        (config.listen.clone(), worker::Front::Socks, defer),
+        (
+            config.proxy_listen.clone(),
+            worker::Front::ProxyHeader,
+            defer,
+        ),
+        (config.tls_listen.clone(), worker::Front::Tls, defer),
     ];
-    for (addrs, front) in fronts {
-        let bound = listener::bind_all(addrs, threads, config.backlog, defer)?;
+    for (i, m) in config.maps.iter().enumerate() {
+        // No deferred accept: the destination may speak first (SSH, SMTP).
+        fronts.push((vec![m.listen], worker::Front::Map(i as u16), 0));
+    }
+    for (addrs, front, defer) in fronts {
+        let bound = listener::bind_all(&addrs, threads, config.backlog, defer)?;
         for (list, sockets) in per_worker.iter_mut().zip(bound) {
             list.extend(sockets.into_iter().map(|socket| worker::Listener {
                 socket,
@@ -233,6 +241,10 @@ pub fn serve(
                     info!("{a}: connections must start with a PROXY protocol v1/v2 header")
                 }
                 worker::Front::Tls => info!("{a}: SOCKS over TLS"),
+                worker::Front::Map(i) => {
+                    let target = &config.maps[i as usize].target;
+                    info!("{a}: port map to {target}")
+                }
                 worker::Front::Socks => {}
             }
         }

@@ -22,7 +22,7 @@ use super::worker::{Front, WorkerCtx};
 use crate::auth::Check;
 use crate::proto::proxy::{self, ProxyError, ProxyHeader};
 use crate::proto::{
-    AuthPolicy, Command, Event, Handshake, ProtoError, ReplyCode, Request, TargetAddr,
+    AuthPolicy, Command, Event, Handshake, ProtoError, ReplyCode, Request, TargetAddr, Version,
 };
 use crate::route::Via;
 use crate::rules::{Query, Rules};
@@ -92,6 +92,9 @@ pub async fn run<N: Net>(ctx: Rc<WorkerCtx>, client: N::Stream, peer: SocketAddr
         identity: None,
         tls: None,
     };
+    if let Front::Map(map) = front {
+        return serve_map::<N>(&ctx, access, client, peer, started, map).await;
+    }
     if front != Front::Tls {
         return serve::<N, _>(&ctx, access, client, opened).await;
     }
@@ -135,6 +138,56 @@ pub async fn run<N: Net>(ctx: Rc<WorkerCtx>, client: N::Stream, peer: SocketAddr
     };
     log_handshake_failure(&ctx, peer, &e);
     client.shutdown(Shutdown::Both);
+}
+
+/// A port map's connection (`--map`): no handshake, a CONNECT to the map's destination under
+/// the same access rules (the client's address, no user), limits, routes and relay. A
+/// refusal is a reset: the client has no reply to read.
+async fn serve_map<N: Net>(
+    ctx: &WorkerCtx,
+    access: Arc<Access>,
+    client: N::Stream,
+    peer: SocketAddr,
+    started: Instant,
+    map: u16,
+) {
+    let request = Request {
+        version: Version::V5,
+        command: Command::Connect,
+        target: ctx.config.maps[map as usize].target.clone(),
+        userid: None,
+    };
+    let mut log = AccessLog {
+        peer,
+        user: None,
+        request: &request,
+        started,
+        metrics: &ctx.metrics,
+        tls: None,
+        parent: None,
+        parent_tls: None,
+    };
+    let query = Query::for_target(peer.ip(), None, Command::Connect, &request.target);
+    let verdict = access.rules.check(&query);
+    if verdict.blocked() {
+        ctx.metrics.rule_blocked(verdict.rule);
+        let why = format!("port map: blocked by access rule {:?}", verdict.rule);
+        return refuse(&client, None, Vec::new(), &log, ReplyCode::NotAllowed, &why).await;
+    }
+    let _permit = match ctx.limits.acquire(peer.ip(), None) {
+        Ok(p) => p,
+        Err(hit) => {
+            let code = ReplyCode::GeneralFailure;
+            return refuse(&client, None, Vec::new(), &log, code, &hit.to_string()).await;
+        }
+    };
+    let outbound = Outbound {
+        hs: None,
+        out: Vec::new(),
+        pending: Vec::new(),
+        tap: Tap { bandwidth: None },
+    };
+    connect_and_relay::<N, _>(ctx, &access, &client, &query, &mut log, outbound).await;
 }
 
 /// What a session knows once its connection is open (and, on a TLS listener, its TLS
@@ -225,7 +278,7 @@ async fn serve<N: Net, C: Stream>(ctx: &WorkerCtx, access: Arc<Access>, client: 
     if verdict.blocked() {
         ctx.metrics.rule_blocked(verdict.rule);
         let why = format!("blocked by access rule {:?}", verdict.rule);
-        return refuse(&client, &hs, out, &log, ReplyCode::NotAllowed, &why).await;
+        return refuse(&client, Some(&hs), out, &log, ReplyCode::NotAllowed, &why).await;
     }
     if verdict.log {
         info!(target: "access", client = %peer, cmd = request.command.as_str(), dst = %request.target, "passed by access rule {:?}", verdict.rule);
@@ -235,7 +288,7 @@ async fn serve<N: Net, C: Stream>(ctx: &WorkerCtx, access: Arc<Access>, client: 
         Ok(p) => p,
         Err(hit) => {
             let code = ReplyCode::GeneralFailure;
-            return refuse(&client, &hs, out, &log, code, &hit.to_string()).await;
+            return refuse(&client, Some(&hs), out, &log, code, &hit.to_string()).await;
         }
     };
 
@@ -260,16 +313,53 @@ async fn serve<N: Net, C: Stream>(ctx: &WorkerCtx, access: Arc<Access>, client: 
     };
     // Bytes the client pipelined after its request go to the target first.
     buf.drain(..consumed);
+    let outbound = Outbound {
+        hs: Some(&hs),
+        out,
+        pending: buf,
+        tap,
+    };
+    connect_and_relay::<N, C>(ctx, &access, &client, &query, &mut log, outbound).await;
+}
+
+/// A CONNECT (or a port map's connection) on its way out.
+struct Outbound<'a> {
+    /// The handshake to reply through; `None` for a port map, whose client gets no reply.
+    hs: Option<&'a Handshake>,
+    out: Vec<u8>,
+    /// Client bytes for the target (pipelined after the request).
+    pending: Vec<u8>,
+    tap: Tap<'a>,
+}
+
+/// Opens the outbound side (through a parent when a route says so, else direct, within the
+/// connect timeout), replies and relays. A failure is the client's refusal: a reply, or for a
+/// port map a reset.
+async fn connect_and_relay<N: Net, C: Stream>(
+    ctx: &WorkerCtx,
+    access: &Access,
+    client: &C,
+    query: &Query<'_>,
+    log: &mut AccessLog<'_>,
+    o: Outbound<'_>,
+) {
+    let Outbound {
+        hs,
+        out,
+        pending,
+        tap,
+    } = o;
+    let target = &log.request.target;
     let connect_started = Instant::now();
 
-    if let (Via::Parent(parent), route) = access.routes.choose(&query) {
+    if let (Via::Parent(parent), route) = access.routes.choose(query) {
         log.parent = Some(parent.url.to_string());
-        let reached = match upstream::connect::<N>(ctx, parent, &request.target).await {
+        let reached = match upstream::connect::<N>(ctx, parent, target).await {
             Ok(r) => r,
             Err(e) => {
                 ctx.metrics.parent_failed(e.as_str());
                 let why = format!("via {route:?}: {e}");
-                return refuse(&client, &hs, out, &log, e.reply(), &why).await;
+                return refuse(client, hs, out, log, e.reply(), &why).await;
             }
         };
         ctx.metrics.connect_latency(connect_started.elapsed());
@@ -277,55 +367,55 @@ async fn serve<N: Net, C: Stream>(ctx: &WorkerCtx, access: Arc<Access>, client: 
         ctx.metrics.parent_tunnel(log.parent_tls);
         let (addr, bound) = (reached.parent, reached.bound);
         let opened = Tunnel {
-            hs: &hs,
+            hs,
             out,
-            pending: buf,
+            pending,
             early: reached.early,
             addr,
-            log: &log,
+            log,
             tap,
         };
         return match reached.stream {
-            Upstream::Plain(t) => tunnel(ctx, &client, t, bound, opened).await,
-            Upstream::Tls(t) => tunnel(ctx, &client, *t, bound, opened).await,
-            Upstream::Ktls(t) => tunnel(ctx, &client, t, bound, opened).await,
+            Upstream::Plain(t) => tunnel(ctx, client, t, bound, opened).await,
+            Upstream::Tls(t) => tunnel(ctx, client, *t, bound, opened).await,
+            Upstream::Ktls(t) => tunnel(ctx, client, t, bound, opened).await,
         };
     }
 
     let connected = Box::pin(tokio::time::timeout(
         ctx.config.connect_timeout,
-        connect::<N>(ctx, &access.rules, &request.target, &query),
+        connect::<N>(ctx, &access.rules, target, query),
     ))
     .await;
-    let (target, target_addr) = match connected {
+    let (stream, addr) = match connected {
         Ok(Ok(c)) => {
             ctx.metrics.connect_latency(connect_started.elapsed());
             c
         }
         Ok(Err(e)) => {
             let code = ReplyCode::from_io_error(&e);
-            return refuse(&client, &hs, out, &log, code, &e.to_string()).await;
+            return refuse(client, hs, out, log, code, &e.to_string()).await;
         }
         Err(_) => {
             let code = ReplyCode::HostUnreachable;
-            return refuse(&client, &hs, out, &log, code, "connect timed out").await;
+            return refuse(client, hs, out, log, code, "connect timed out").await;
         }
     };
     let opened = Tunnel {
-        hs: &hs,
+        hs,
         out,
-        pending: buf,
+        pending,
         early: Vec::new(),
-        addr: target_addr,
-        log: &log,
+        addr,
+        log,
         tap,
     };
-    tunnel(ctx, &client, target, None, opened).await;
+    tunnel(ctx, client, stream, None, opened).await;
 }
 
 /// A CONNECT whose outbound side is open, before the success reply.
 struct Tunnel<'a> {
-    hs: &'a Handshake,
+    hs: Option<&'a Handshake>,
     out: Vec<u8>,
     /// Client bytes for the target (pipelined after the request).
     pending: Vec<u8>,
@@ -355,13 +445,18 @@ async fn tunnel<C: Stream, T: Stream>(
         log,
         tap,
     } = t;
-    let bound = bound.or_else(|| target.local_addr().ok());
-    hs.reply(ReplyCode::Succeeded, bound, &mut out);
+    if let Some(hs) = hs {
+        let bound = bound.or_else(|| target.local_addr().ok());
+        hs.reply(ReplyCode::Succeeded, bound, &mut out);
+    }
     if !early.is_empty() {
         ctx.metrics.bytes_down.add(early.len() as u64);
         out.extend_from_slice(&early);
     }
-    let (r, _) = send_all(client, out).await;
+    let r = match out.is_empty() {
+        true => Ok(()),
+        false => send_all(client, out).await.0,
+    };
     if let Err(e) = r {
         target.shutdown(Shutdown::Both);
         client.shutdown(Shutdown::Both);
@@ -469,7 +564,7 @@ async fn associate<N: Net>(
         Err(e) => {
             warn!(client = %peer, "udp associate: cannot open the relay sockets: {e}");
             let code = ReplyCode::GeneralFailure;
-            return refuse(client, hs, out, log, code, &e.to_string()).await;
+            return refuse(client, Some(hs), out, log, code, &e.to_string()).await;
         }
     };
     hs.reply(ReplyCode::Succeeded, Some(assoc.advertised()), &mut out);
@@ -500,14 +595,14 @@ async fn bind<N: Net>(
         Ok(a) => a,
         Err(e) => {
             let code = ReplyCode::GeneralFailure;
-            return refuse(&client, hs, out, log, code, &e.to_string()).await;
+            return refuse(&client, Some(hs), out, log, code, &e.to_string()).await;
         }
     };
     let socks4 = hs.version() == crate::proto::Version::V4;
     let target = &log.request.target;
     let pending = match bind::listen::<N>(ctx, control_local, target, socks4).await {
         Ok(p) => p,
-        Err(e) => return refuse(&client, hs, out, log, e.reply(), &e.to_string()).await,
+        Err(e) => return refuse(&client, Some(hs), out, log, e.reply(), &e.to_string()).await,
     };
     hs.reply(ReplyCode::Succeeded, Some(pending.addr), &mut out);
     let (r, o) = send_all(&client, out).await;
@@ -519,7 +614,7 @@ async fn bind<N: Net>(
     out.clear();
     let (inbound, from) = match pending.accept(ctx, &client, ctx.config.bind_timeout).await {
         Ok(c) => c,
-        Err(e) => return refuse(&client, hs, out, log, e.reply(), &e.to_string()).await,
+        Err(e) => return refuse(&client, Some(hs), out, log, e.reply(), &e.to_string()).await,
     };
     hs.reply(ReplyCode::Succeeded, Some(from), &mut out);
     let (r, _) = send_all(&client, out).await;
@@ -537,15 +632,21 @@ async fn bind<N: Net>(
 /// Answers a request with a failure reply, closes the client and logs the refusal.
 async fn refuse<S: Stream>(
     client: &S,
-    hs: &Handshake,
+    hs: Option<&Handshake>,
     mut out: Vec<u8>,
     log: &AccessLog<'_>,
     code: ReplyCode,
     why: &str,
 ) {
-    hs.reply(code, None, &mut out);
-    let _ = send_all(client, out).await;
-    client.shutdown(Shutdown::Both);
+    match hs {
+        Some(hs) => {
+            hs.reply(code, None, &mut out);
+            let _ = send_all(client, out).await;
+            client.shutdown(Shutdown::Both);
+        }
+        // A port map's client has no reply to read: a reset says the way is closed.
+        None => client.abort(),
+    }
     log.refused(code, why);
 }
 

@@ -152,6 +152,8 @@ pub enum Front {
     ProxyHeader,
     /// A TLS handshake, then the SOCKS handshake inside TLS.
     Tls,
+    /// Nothing: the connection is relayed to the destination of port map N (`--map`).
+    Map(u16),
 }
 
 /// A listening socket and what its connections start with.
