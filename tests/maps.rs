@@ -5,30 +5,22 @@ mod common;
 
 use std::time::Duration;
 
-use common::{closed_port, echo_server, temp_file, Proxy};
-use sha2::{Digest, Sha256};
+use common::{closed_port, echo_server, recv_all, send_pattern, temp_file, Proxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// Sends `n` bytes of a pattern through `s` to an echo server while reading the echo, then
 /// half-closes; the echo must come back whole and in order, then the end.
-async fn echo_exact(s: TcpStream, n: usize) {
-    let data: Vec<u8> = (0..n).map(|i| (i * 31 + i / 251) as u8).collect();
-    let want: [u8; 32] = Sha256::digest(&data).into();
+async fn echo_exact(s: TcpStream, n: u64) {
     let (mut r, mut w) = s.into_split();
     let send = async move {
-        w.write_all(&data).await.unwrap();
+        let h = send_pattern(&mut w, n, 0x7E).await;
         w.shutdown().await.unwrap();
+        h
     };
-    let recv = async move {
-        let mut got = Vec::with_capacity(n);
-        r.read_to_end(&mut got).await.unwrap();
-        got
-    };
-    let ((), got) = tokio::join!(send, recv);
-    assert_eq!(got.len(), n);
-    let have: [u8; 32] = Sha256::digest(&got).into();
-    assert_eq!(have, want, "byte-exact");
+    let (sent, (got, received)) = tokio::join!(send, recv_all(&mut r));
+    assert_eq!(got, n);
+    assert_eq!(sent, received, "byte-exact");
 }
 
 async fn map_carries_bytes(runtime: &str) {

@@ -8,9 +8,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{echo_server, scrape, socks5_connect, temp_file, value, Proxy, TempPath};
+use common::{
+    echo_server, recv_all, scrape, send_pattern, socks5_connect, temp_file, value, Proxy, TempPath,
+};
 use ringsocks::proto::{ReplyCode, TargetAddr};
-use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::rustls;
@@ -167,46 +168,23 @@ fn tls_args<'a>(leaf: &'a Leaf, extra: &[&'a str]) -> Vec<&'a str> {
 }
 
 /// Sends `total` bytes of a pattern through `s` to an echo server while reading the echo
-/// back; half-closes after sending. Returns (sent hash, received bytes, received hash).
-async fn echo_through<S>(s: S, total: u64) -> ([u8; 32], u64, [u8; 32])
+/// back, half-closing after sending: the echo must come back whole and in order, then the end.
+async fn echo_hashed<S>(s: S, total: u64)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let (mut r, mut w) = tokio::io::split(s);
     let send = async move {
-        let mut h = Sha256::new();
-        let mut chunk = vec![0u8; 64 * 1024 + 7];
-        let mut sent = 0u64;
-        while sent < total {
-            let n = (total - sent).min(chunk.len() as u64) as usize;
-            for (i, b) in chunk[..n].iter_mut().enumerate() {
-                let pos = sent + i as u64;
-                *b = (pos as u8).wrapping_mul(31) ^ (pos >> 9) as u8;
-            }
-            h.update(&chunk[..n]);
-            w.write_all(&chunk[..n]).await.unwrap();
-            sent += n as u64;
-        }
+        let h = send_pattern(&mut w, total, 0x3C).await;
         w.shutdown().await.unwrap();
-        let out: [u8; 32] = h.finalize().into();
-        out
+        h
     };
-    let recv = async move {
-        let mut h = Sha256::new();
-        let mut buf = vec![0u8; 128 * 1024];
-        let mut got = 0u64;
-        loop {
-            let n = r.read(&mut buf).await.unwrap();
-            if n == 0 {
-                let out: [u8; 32] = h.finalize().into();
-                return (got, out);
-            }
-            h.update(&buf[..n]);
-            got += n as u64;
-        }
-    };
-    let (sent, (got, received)) = tokio::join!(send, recv);
-    (sent, got, received)
+    let both = async move { tokio::join!(send, recv_all(&mut r)) };
+    let (sent, (got, received)) = tokio::time::timeout(Duration::from_secs(240), both)
+        .await
+        .expect("the transfer within 240 s");
+    assert_eq!(got, total);
+    assert_eq!(sent, received, "the echo came back intact, in order");
 }
 
 async fn big_transfer_over_tls_listener(runtime: &str) {
@@ -215,14 +193,7 @@ async fn big_transfer_over_tls_listener(runtime: &str) {
     let proxy = Proxy::start(&tls_args(&leaf, &["--runtime", runtime]));
     assert!(proxy.wait_logged("SOCKS over TLS").await);
     let echo = echo_server("127.0.0.1:0").await;
-    let s = tunnel(proxy.addr, &ca, echo).await;
-    let total = big();
-    let (sent, got, received) =
-        tokio::time::timeout(Duration::from_secs(240), echo_through(s, total))
-            .await
-            .expect("the transfer within 240 s");
-    assert_eq!(got, total);
-    assert_eq!(sent, received, "the echo came back intact, in order");
+    echo_hashed(tunnel(proxy.addr, &ca, echo).await, big()).await;
     assert_carrier(&proxy, "tls").await;
 }
 
@@ -397,13 +368,7 @@ async fn two_hop_chain_over_tls_carries_a_hashed_transfer() {
     let edge = Proxy::start(&["--upstream", &url, "--metrics", "127.0.0.1:0"]);
     let echo = echo_server("127.0.0.1:0").await;
     let s = Socks5Stream::connect(edge.addr, echo).await.unwrap();
-    let total = big();
-    let (sent, got, received) =
-        tokio::time::timeout(Duration::from_secs(240), echo_through(s, total))
-            .await
-            .expect("the transfer within 240 s");
-    assert_eq!(got, total);
-    assert_eq!(sent, received);
+    echo_hashed(s, big()).await;
     assert_carrier(&edge, "via_tls").await;
     assert_carrier(&parent, "tls").await;
     assert!(
@@ -534,8 +499,7 @@ async fn http_connect_parent() {
         &format!("http://Aladdin:open%20sesame@{parent}"),
     ]);
     let mut s = Socks5Stream::connect(edge.addr, echo).await.unwrap();
-    let (sent, got, received) = echo_through(&mut s, 4 * MIB).await;
-    assert_eq!((got, sent), (4 * MIB, received));
+    echo_hashed(&mut s, 4 * MIB).await;
     let r = socks5_connect(edge.addr, &TargetAddr::Domain("localhost".into(), 9), None).await;
     assert_eq!(r.err(), Some(ReplyCode::NotAllowed));
 

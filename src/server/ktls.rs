@@ -20,7 +20,7 @@ use std::sync::OnceLock;
 
 use rustls::{CipherSuite, ConnectionTrafficSecrets, ExtractedSecrets, ProtocolVersion};
 
-use super::net::{splice_now, Dir, Readable, Stream};
+use super::net::{retry_writable, splice_now, Dir, Readable, Stream};
 use super::pool::Pipe;
 
 const TCP_ULP: libc::c_int = 31;
@@ -526,15 +526,8 @@ impl<S: Stream> Stream for KtlsStream<S> {
     }
 
     async fn close_write(&self) {
-        loop {
-            match self.try_close_notify() {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if self.io.writable().await.is_err() {
-                        break;
-                    }
-                }
-                _ => break,
-            }
+        if let Err(e) = retry_writable(&self.io, || self.try_close_notify()).await {
+            tracing::debug!("kernel TLS: close_notify not sent: {e}");
         }
         self.io.shutdown(Shutdown::Write)
     }

@@ -17,7 +17,7 @@ use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, Connection, ServerConfig, ServerConnection};
 
 use super::ktls::{self, KtlsStream};
-use super::net::{send_now, Dir, Readable, Stream};
+use super::net::{retry_writable, send_now, Dir, Readable, Stream};
 use super::pool::Pipe;
 
 /// Most plaintext encrypted per write: rustls queues the records until they are sent.
@@ -368,16 +368,7 @@ impl<S: Stream> Stream for TlsStream<S> {
 
     async fn close_write(&self) {
         self.conn.borrow_mut().send_close_notify();
-        loop {
-            match self.try_flush() {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if self.io.writable().await.is_err() {
-                        break;
-                    }
-                }
-                _ => break,
-            }
-        }
+        let _ = retry_writable(&self.io, || self.try_flush()).await;
         self.io.shutdown(Shutdown::Write)
     }
 

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ringsocks::proto::{rfc1929, socks4, socks5, Command as Cmd, ReplyCode, TargetAddr};
+use sha2::Digest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -414,4 +415,37 @@ pub fn sum(text: &str, prefix: &str) -> f64 {
         .filter(|l| l.starts_with(prefix))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// Streams `total` bytes of a position-dependent pattern, returning their hash.
+pub async fn send_pattern<W: AsyncWriteExt + Unpin>(w: &mut W, total: u64, seed: u8) -> [u8; 32] {
+    let mut h = sha2::Sha256::new();
+    let mut chunk = vec![0u8; 256 * 1024 + 13];
+    let mut sent = 0u64;
+    while sent < total {
+        let n = (total - sent).min(chunk.len() as u64) as usize;
+        for (i, b) in chunk[..n].iter_mut().enumerate() {
+            let pos = sent + i as u64;
+            *b = (pos as u8).wrapping_mul(31).wrapping_add((pos >> 8) as u8) ^ seed;
+        }
+        h.update(&chunk[..n]);
+        w.write_all(&chunk[..n]).await.unwrap();
+        sent += n as u64;
+    }
+    h.finalize().into()
+}
+
+/// Reads to EOF, returning the byte count and hash.
+pub async fn recv_all<R: AsyncReadExt + Unpin>(r: &mut R) -> (u64, [u8; 32]) {
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut n_total = 0u64;
+    loop {
+        let n = r.read(&mut buf).await.unwrap();
+        if n == 0 {
+            return (n_total, h.finalize().into());
+        }
+        h.update(&buf[..n]);
+        n_total += n as u64;
+    }
 }

@@ -34,18 +34,7 @@ http_port=$(free_port)
 python3 -m http.server "$http_port" --bind 127.0.0.1 --directory "$work/www" >/dev/null 2>&1 &
 pids+=($!)
 echo_port=$(free_port)
-python3 - "$echo_port" >/dev/null 2>&1 <<'PY' &
-import socket, sys, threading
-srv = socket.create_server(("127.0.0.1", int(sys.argv[1])), reuse_port=True)
-def serve(c):
-    with c:
-        while (d := c.recv(65536)):
-            c.sendall(d)
-        c.shutdown(socket.SHUT_WR)
-while True:
-    c, _ = srv.accept()
-    threading.Thread(target=serve, args=(c,), daemon=True).start()
-PY
+python3 tests/common/echo_server.py "$echo_port" >/dev/null 2>&1 &
 pids+=($!)
 
 open_port=$(free_port); auth_port=$(free_port)

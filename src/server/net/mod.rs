@@ -208,6 +208,20 @@ pub enum Dir {
     Write,
 }
 
+/// Calls `f`, a non-blocking write step on `s`'s socket, until it does not return
+/// `WouldBlock`, waiting for room between calls (a TLS layer's last records and alerts).
+pub async fn retry_writable<S: Stream>(
+    s: &S,
+    mut f: impl FnMut() -> io::Result<()>,
+) -> io::Result<()> {
+    loop {
+        match f() {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => s.writable().await?,
+            r => return r,
+        }
+    }
+}
+
 /// What a readability wait saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Readable {
