@@ -371,7 +371,7 @@ fn tw_reuse(h: &Host, _: u64) -> Option<Finding> {
 }
 
 /// Kernel TLS matters only for TLS listeners and parents: without it their tunnels relay in
-/// user space (about twice the CPU per byte, and no splice), which is worth knowing, not a
+/// user space (more CPU per byte, and no splice), which is worth knowing, not a
 /// limit.
 fn ktls(h: &Host, _: u64) -> Option<Finding> {
     Some(match h.ktls.as_ref()? {
