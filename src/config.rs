@@ -106,6 +106,15 @@ pub struct ServeArgs {
     /// Source address for outbound connections (uses IP_BIND_ADDRESS_NO_PORT)
     #[arg(long, value_name = "IP")]
     pub egress_ip: Option<IpAddr>,
+    /// TCP Fast Open on direct outbound connects: after a SOCKS4/5 CONNECT the success reply
+    /// is sent before the destination has answered, and the client's first bytes ride in the
+    /// SYN (SOCKS 6 initial data uses Fast Open whenever the host allows it, without this flag)
+    #[arg(long)]
+    pub upstream_fastopen: bool,
+    /// Answer SOCKS 6 (draft-olteanu-intarea-socks-6-11) requests with a version mismatch
+    /// instead of serving them
+    #[arg(long)]
+    pub no_socks6: bool,
     /// How tunnels move bytes: auto (= splice), splice, copy or adaptive [default: auto]
     #[arg(long, value_enum)]
     pub relay: Option<RelayChoice>,
@@ -305,6 +314,8 @@ pub struct FileConfig {
     idle_timeout: Option<DurationValue>,
     drain_timeout: Option<DurationValue>,
     egress_ip: Option<IpAddr>,
+    upstream_fastopen: Option<bool>,
+    socks6: Option<bool>,
     relay: Option<RelayChoice>,
     buffer_size: Option<usize>,
     pipe_size: Option<usize>,
@@ -467,6 +478,10 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Outbound source address.
     pub egress_ip: Option<IpAddr>,
+    /// TCP Fast Open on direct outbound connects, reply first (`--upstream-fastopen`).
+    pub upstream_fastopen: bool,
+    /// Serve SOCKS 6 requests (else answer them with a version mismatch).
+    pub socks6: bool,
     /// Relay mode.
     pub relay: RelayChoice,
     /// Copy-relay buffer size.
@@ -745,6 +760,8 @@ impl Config {
                 Duration::from_secs(30),
             ),
             egress_ip: args.egress_ip.or(file.egress_ip),
+            upstream_fastopen: args.upstream_fastopen || file.upstream_fastopen.unwrap_or(false),
+            socks6: !args.no_socks6 && file.socks6.unwrap_or(true),
             relay: args.relay.or(file.relay).unwrap_or(RelayChoice::Auto),
             buffer_size,
             pipe_size,

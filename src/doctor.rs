@@ -128,13 +128,14 @@ pub struct Summary {
 }
 
 /// The sysctls [`Host::gather`] reads.
-pub const SYSCTLS: [&str; 13] = [
+pub const SYSCTLS: [&str; 14] = [
     "fs.nr_open",
     "fs.file-nr",
     "fs.pipe-user-pages-soft",
     "kernel.io_uring_disabled",
     "net.core.somaxconn",
     "net.ipv4.ip_local_port_range",
+    "net.ipv4.tcp_fastopen",
     "net.ipv4.tcp_max_syn_backlog",
     "net.ipv4.tcp_mem",
     "net.ipv4.tcp_rmem",
@@ -225,7 +226,7 @@ impl Host {
 type Check = fn(&Host, u64) -> Option<Finding>;
 
 /// Every check in print order, with what it reads (named in the note when it is skipped).
-const CHECKS: [(&str, &str, Check); 14] = [
+const CHECKS: [(&str, &str, Check); 15] = [
     ("nofile", "RLIMIT_NOFILE", nofile),
     ("nr_open", "fs.nr_open", nr_open),
     ("file-max", "fs.file-nr", file_max),
@@ -240,6 +241,7 @@ const CHECKS: [(&str, &str, Check); 14] = [
     ("conntrack", "nf_conntrack_max (not loaded)", conntrack),
     ("pipes", "pipe-user-pages-soft", pipes),
     ("ktls", "TCP_ULP tls", ktls),
+    ("fastopen", "net.ipv4.tcp_fastopen", fastopen),
 ];
 
 /// Every finding for `tunnels` concurrent tunnels on `host`, in print order.
@@ -381,6 +383,29 @@ fn ktls(h: &Host, _: u64) -> Option<Finding> {
             format!("kernel TLS unavailable ({why}): TLS tunnels relay in user space"),
             "modprobe tls, and tls in /etc/modules-load.d/ (only matters with TLS listeners or parents)",
         ),
+    })
+}
+
+/// Client-side TCP Fast Open (bit 1 of net.ipv4.tcp_fastopen) lets SOCKS 6 initial data and,
+/// with `--upstream-fastopen`, a CONNECT's first bytes ride in the SYN; without it they wait
+/// a round trip. Not a limit.
+fn fastopen(h: &Host, _: u64) -> Option<Finding> {
+    let [v] = h.nums("net.ipv4.tcp_fastopen")?;
+    Some(if v & 1 == 1 {
+        Finding::new(
+            Severity::Ok,
+            format!("net.ipv4.tcp_fastopen {v}: outbound connects may carry data in the SYN"),
+            "",
+        )
+    } else {
+        Finding::new(
+            Warn,
+            format!(
+                "net.ipv4.tcp_fastopen {v}: client Fast Open off, SOCKS 6 initial data and \
+                 --upstream-fastopen wait a round trip"
+            ),
+            "sysctl -w net.ipv4.tcp_fastopen=1 (or 3 to accept Fast Open as a server too)",
+        )
     })
 }
 
@@ -759,6 +784,19 @@ mod tests {
         assert_ne!(s.first_limit, Some("port_range"));
         set(&mut h, "net.ipv4.ip_local_port_range", &[10, 5]);
         assert_eq!(summarize(&[], &h).per_destination, Some(0));
+    }
+
+    #[test]
+    fn fastopen_client_bit_is_checked() {
+        let mut h = host();
+        set(&mut h, "net.ipv4.tcp_fastopen", &[0]);
+        let f = find(&h, 1, "fastopen");
+        assert_eq!(f.severity, Warn);
+        assert!(f.fix.unwrap().contains("tcp_fastopen=1"));
+        set(&mut h, "net.ipv4.tcp_fastopen", &[3]);
+        assert_eq!(find(&h, 1, "fastopen").severity, Severity::Ok);
+        set(&mut h, "net.ipv4.tcp_fastopen", &[2]); // server side only
+        assert_eq!(find(&h, 1, "fastopen").severity, Warn);
     }
 
     #[test]

@@ -276,6 +276,17 @@ pub fn serve(
         env!("CARGO_PKG_VERSION"),
         nofile.saturating_sub(64) / 2,
     );
+    if config.upstream_fastopen {
+        let sysctl = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_fastopen");
+        match sysctl.ok().and_then(|v| v.trim().parse::<u32>().ok()) {
+            Some(v) if v & 1 == 1 => info!(
+                "--upstream-fastopen: CONNECT replies precede the destination's answer; first bytes ride in the SYN"
+            ),
+            v => warn!(
+                "--upstream-fastopen: net.ipv4.tcp_fastopen is {v:?}, client Fast Open is off; connects stay ordinary (sysctl -w net.ipv4.tcp_fastopen=1)"
+            ),
+        }
+    }
     if config.users.is_empty() {
         info!("no users configured: SOCKS5 without authentication, SOCKS4/4a accepted");
     } else {

@@ -11,7 +11,7 @@ use tracing::{debug, info, warn};
 use super::access::Access;
 use super::bandwidth::UserBandwidth;
 use super::bind;
-use super::connect::happy_eyeballs;
+use super::connect::{happy_eyeballs, send_first, ConnectOptions};
 use super::metrics::WorkerMetrics;
 use super::net::{send_all, Net, Stream};
 use super::relay::{relay, Meter, Side};
@@ -31,6 +31,11 @@ use std::sync::Arc;
 /// Handshake buffer: the longest handshake message is a SOCKS4a request (8 + 256 + 256 bytes),
 /// and pipelined payload beyond this simply stays in the socket until the relay reads it.
 const HANDSHAKE_BUF: usize = 1024;
+
+/// With `--upstream-fastopen` and a deferred (Fast Open) connect, how long the SYN waits for
+/// the client's first bytes after the success reply. A protocol where the server speaks first
+/// (SMTP, SSH) gets its SYN after this wait.
+const FASTOPEN_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Why a session ended before relaying.
 #[derive(Debug, thiserror::Error)]
@@ -184,6 +189,7 @@ async fn serve_map<N: Net>(
     let outbound = Outbound {
         hs: None,
         out: Vec::new(),
+        first: Vec::new(),
         pending: Vec::new(),
         tap: Tap { bandwidth: None },
     };
@@ -313,9 +319,11 @@ async fn serve<N: Net, C: Stream>(ctx: &WorkerCtx, access: Arc<Access>, client: 
     };
     // Bytes the client pipelined after its request go to the target first.
     buf.drain(..consumed);
+    let first = Vec::new();
     let outbound = Outbound {
         hs: Some(&hs),
         out,
+        first,
         pending: buf,
         tap,
     };
@@ -327,6 +335,9 @@ struct Outbound<'a> {
     /// The handshake to reply through; `None` for a port map, whose client gets no reply.
     hs: Option<&'a Handshake>,
     out: Vec<u8>,
+    /// SOCKS 6 initial data: carried in the SYN (TCP Fast Open, where the host allows it), and
+    /// the connect confirmed, before the reply.
+    first: Vec<u8>,
     /// Client bytes for the target (pipelined after the request).
     pending: Vec<u8>,
     tap: Tap<'a>,
@@ -346,13 +357,18 @@ async fn connect_and_relay<N: Net, C: Stream>(
     let Outbound {
         hs,
         out,
-        pending,
+        first,
+        mut pending,
         tap,
     } = o;
     let target = &log.request.target;
     let connect_started = Instant::now();
 
     if let (Via::Parent(parent), route) = access.routes.choose(query) {
+        // Initial data follows the parent's reply, ahead of anything pipelined after it.
+        if !first.is_empty() {
+            pending.splice(..0, first);
+        }
         log.parent = Some(parent.url.to_string());
         let reached = match upstream::connect::<N>(ctx, parent, target).await {
             Ok(r) => r,
@@ -374,6 +390,8 @@ async fn connect_and_relay<N: Net, C: Stream>(
             addr,
             log,
             tap,
+            sent_first: 0,
+            deferred: false,
         };
         return match reached.stream {
             Upstream::Plain(t) => tunnel(ctx, client, t, bound, opened).await,
@@ -382,12 +400,41 @@ async fn connect_and_relay<N: Net, C: Stream>(
         };
     }
 
-    let connected = Box::pin(tokio::time::timeout(
-        ctx.config.connect_timeout,
-        connect::<N>(ctx, &access.rules, target, query),
+    let opts = ConnectOptions {
+        fast_open: ctx.connect.fast_open || !first.is_empty(),
+        ..ctx.connect
+    };
+    let deadline = tokio::time::Instant::now() + ctx.config.connect_timeout;
+    let connected = Box::pin(tokio::time::timeout_at(
+        deadline,
+        connect::<N>(ctx, &access.rules, target, query, &opts),
     ))
     .await;
     let (stream, addr) = match connected {
+        Ok(Ok((stream, addr))) if !first.is_empty() => {
+            // The initial data rides in the SYN; the reply waits for the destination's answer.
+            let sent = Box::pin(tokio::time::timeout_at(
+                deadline,
+                send_first(&stream, &first),
+            ));
+            match sent.await {
+                Ok(Ok(())) => {
+                    ctx.metrics.connect_latency(connect_started.elapsed());
+                    (stream, addr)
+                }
+                Ok(Err(e)) => {
+                    stream.abort();
+                    let code = ReplyCode::from_io_error(&e);
+                    return refuse(client, hs, out, log, code, &e.to_string()).await;
+                }
+                Err(_) => {
+                    // Shut down: ends the connect, so no poll is left in flight on it.
+                    stream.abort();
+                    let code = ReplyCode::HostUnreachable;
+                    return refuse(client, hs, out, log, code, "connect timed out").await;
+                }
+            }
+        }
         Ok(Ok(c)) => {
             ctx.metrics.connect_latency(connect_started.elapsed());
             c
@@ -401,6 +448,8 @@ async fn connect_and_relay<N: Net, C: Stream>(
             return refuse(client, hs, out, log, code, "connect timed out").await;
         }
     };
+    // A Fast Open connect that is still deferred: the SYN waits for the client's first bytes.
+    let deferred = first.is_empty() && opts.fast_open && !stream_established(&stream);
     let opened = Tunnel {
         hs,
         out,
@@ -409,7 +458,12 @@ async fn connect_and_relay<N: Net, C: Stream>(
         addr,
         log,
         tap,
+        sent_first: first.len() as u64,
+        deferred,
     };
+    if !first.is_empty() {
+        ctx.metrics.bytes_up.add(first.len() as u64);
+    }
     tunnel(ctx, client, stream, None, opened).await;
 }
 
@@ -425,6 +479,11 @@ struct Tunnel<'a> {
     addr: SocketAddr,
     log: &'a AccessLog<'a>,
     tap: Tap<'a>,
+    /// Client bytes already sent to the target (SOCKS 6 initial data), for the log.
+    sent_first: u64,
+    /// The outbound connect is a deferred Fast Open one: after the reply, the client's first
+    /// bytes go in its SYN (`--upstream-fastopen`).
+    deferred: bool,
 }
 
 /// Replies with success and relays. BND.ADDR/BND.PORT is the address the proxy uses on the
@@ -439,11 +498,13 @@ async fn tunnel<C: Stream, T: Stream>(
     let Tunnel {
         hs,
         mut out,
-        pending,
+        mut pending,
         early,
         addr,
         log,
         tap,
+        mut sent_first,
+        deferred,
     } = t;
     if let Some(hs) = hs {
         let bound = bound.or_else(|| target.local_addr().ok());
@@ -460,11 +521,69 @@ async fn tunnel<C: Stream, T: Stream>(
     if let Err(e) = r {
         target.shutdown(Shutdown::Both);
         client.shutdown(Shutdown::Both);
-        log.relayed(addr, 0, 0, Some((Side::Client, &e)), false);
+        log.relayed(addr, sent_first, 0, Some((Side::Client, &e)), false);
         return;
     }
+    if deferred {
+        if let Err(e) = fast_open_first(ctx, client, &target, &mut pending).await {
+            target.abort();
+            client.abort();
+            log.relayed(addr, 0, 0, Some((Side::Target, &e)), false);
+            return;
+        }
+        sent_first = pending.len() as u64;
+        ctx.metrics.bytes_up.add(sent_first);
+        pending.clear();
+    }
     let _tunnel = ctx.metrics.tunnel(Command::Connect);
-    run_relay(ctx, client, &target, pending, log, addr, tap).await;
+    run_relay(ctx, client, &target, (pending, sent_first), log, addr, tap).await;
+}
+
+/// Whether an outbound connect has completed (a deferred Fast Open one has not).
+fn stream_established<S: Stream>(s: &S) -> bool {
+    let fd = s.raw_fd();
+    let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // Safety: a live descriptor and a sockaddr_storage-sized out parameter.
+    let r = unsafe {
+        libc::getpeername(
+            fd,
+            &mut addr as *mut libc::sockaddr_storage as *mut libc::sockaddr,
+            &mut len,
+        )
+    };
+    r == 0
+}
+
+/// `--upstream-fastopen` after the reply: waits (briefly) for the client's first bytes and
+/// sends them in the deferred connect's SYN, then waits for the destination's answer, so a
+/// refusal ends the tunnel before any relaying. An error is the connect's.
+async fn fast_open_first<C: Stream, T: Stream>(
+    ctx: &WorkerCtx,
+    client: &C,
+    target: &T,
+    pending: &mut Vec<u8>,
+) -> io::Result<()> {
+    let wait_until = tokio::time::Instant::now() + FASTOPEN_WAIT;
+    pending.reserve(HANDSHAKE_BUF);
+    while pending.is_empty() {
+        // A readiness left over from the handshake is forgotten by the failed read.
+        match client.try_read(pending) {
+            Ok(_) => break,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+        match tokio::time::timeout_at(wait_until, client.readable()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => break,
+        }
+    }
+    let sent = tokio::time::timeout(ctx.config.connect_timeout, send_first(target, pending));
+    match Box::pin(sent).await {
+        Ok(r) => r,
+        Err(_) => Err(io::ErrorKind::TimedOut.into()),
+    }
 }
 
 /// Reads the PROXY protocol header a balancer sends first; returns the client it names (or
@@ -529,7 +648,7 @@ async fn run_relay<C: Stream, T: Stream>(
     ctx: &WorkerCtx,
     client: &C,
     target: &T,
-    pending: Vec<u8>,
+    (pending, sent_first): (Vec<u8>, u64),
     log: &AccessLog<'_>,
     via: SocketAddr,
     tap: Tap<'_>,
@@ -545,7 +664,7 @@ async fn run_relay<C: Stream, T: Stream>(
     let idle_fired = registration.idle_fired();
     drop(registration);
     let err = stats.error.as_ref().map(|(s, e)| (*s, e));
-    log.relayed(via, stats.up, stats.down, err, idle_fired);
+    log.relayed(via, sent_first + stats.up, stats.down, err, idle_fired);
 }
 
 /// UDP ASSOCIATE: open the association, reply with its address, relay datagrams until the
@@ -626,7 +745,7 @@ async fn bind<N: Net>(
     }
     buf.drain(..consumed);
     let _tunnel = ctx.metrics.tunnel(Command::Bind);
-    run_relay(ctx, &client, &inbound, buf, log, from, tap).await;
+    run_relay(ctx, &client, &inbound, (buf, 0), log, from, tap).await;
 }
 
 /// Answers a request with a failure reply, closes the client and logs the refusal.
@@ -782,9 +901,10 @@ async fn connect<N: Net>(
     rules: &Rules,
     target: &TargetAddr,
     query: &Query<'_>,
+    opts: &ConnectOptions,
 ) -> io::Result<(N::Stream, SocketAddr)> {
     match target {
-        TargetAddr::Ip(addr) => happy_eyeballs::<N>(std::slice::from_ref(addr), &ctx.connect).await,
+        TargetAddr::Ip(addr) => happy_eyeballs::<N>(std::slice::from_ref(addr), opts).await,
         TargetAddr::Domain(host, port) => {
             let mut addrs = ctx.resolver.resolve(host, *port).await?;
             if !rules.is_open() {
@@ -805,7 +925,7 @@ async fn connect<N: Net>(
                     ));
                 }
             }
-            happy_eyeballs::<N>(&addrs, &ctx.connect).await
+            happy_eyeballs::<N>(&addrs, opts).await
         }
     }
 }

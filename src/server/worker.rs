@@ -198,6 +198,7 @@ pub async fn run<N: Net>(id: usize, shared: Shared, listeners: Vec<Listener>) ->
         connect: ConnectOptions {
             egress_ip: config.egress_ip,
             attempt_delay: config.happy_eyeballs_delay,
+            fast_open: config.upstream_fastopen,
         },
         resolver: Resolver::default(),
         pools: Pools {
