@@ -202,31 +202,37 @@ pub struct ServeArgs {
     pub ktls: Option<KtlsChoice>,
     /// A static port map: every connection to LISTEN is relayed to DEST, like `ssh -L`, under
     /// the access rules, limits and routes (`--upstream`) of a CONNECT to DEST (repeatable):
-    /// `tcp:127.0.0.1:8080=internal.example:80`
-    #[arg(long = "map", value_name = "tcp:LISTEN=DEST", value_parser = parse_map)]
+    /// `tcp:127.0.0.1:8080=internal.example:80`; `udp:` maps datagrams, one flow per client
+    /// address
+    #[arg(long = "map", value_name = "tcp|udp:LISTEN=DEST", value_parser = parse_map)]
     pub maps: Vec<PortMap>,
+    /// A UDP port map's flow (one per client address) ends after this long without a
+    /// datagram either way [default: 60s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub udp_map_idle: Option<Duration>,
 }
 
 /// One `--map`: a listener whose connections all go to one destination.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PortMap {
+    /// TCP connections or UDP datagram flows.
+    pub udp: bool,
     /// Where it listens.
     pub listen: SocketAddr,
     /// Where every connection goes.
     pub target: TargetAddr,
 }
 
-/// Parses `tcp:LISTEN=HOST:PORT` (IPv6 addresses in brackets).
+/// Parses `tcp:LISTEN=HOST:PORT` or `udp:LISTEN=HOST:PORT` (IPv6 addresses in brackets).
 pub fn parse_map(s: &str) -> Result<PortMap, String> {
-    let (proto, rest) = s.split_once(':').ok_or("expected tcp:LISTEN=HOST:PORT")?;
-    match proto {
-        "tcp" => {}
-        "udp" => return Err("UDP port maps are not supported yet (tcp only)".into()),
-        other => return Err(format!("unknown protocol {other:?} (expected tcp)")),
-    }
-    let (listen, dest) = rest
-        .split_once('=')
-        .ok_or("expected tcp:LISTEN=HOST:PORT")?;
+    const FORM: &str = "expected tcp:LISTEN=HOST:PORT or udp:LISTEN=HOST:PORT";
+    let (proto, rest) = s.split_once(':').ok_or(FORM)?;
+    let udp = match proto {
+        "tcp" => false,
+        "udp" => true,
+        other => return Err(format!("unknown protocol {other:?} (expected tcp or udp)")),
+    };
+    let (listen, dest) = rest.split_once('=').ok_or(FORM)?;
     let listen = listen
         .parse::<SocketAddr>()
         .map_err(|e| format!("listen address {listen:?}: {e}"))?;
@@ -248,7 +254,11 @@ pub fn parse_map(s: &str) -> Result<PortMap, String> {
         }
         (Err(_), None) => return Err(format!("destination {dest:?}: bad host name")),
     };
-    Ok(PortMap { listen, target })
+    Ok(PortMap {
+        udp,
+        listen,
+        target,
+    })
 }
 
 /// One `--udp-advertise` entry.
@@ -316,6 +326,7 @@ pub struct FileConfig {
     egress_ip: Option<IpAddr>,
     upstream_fastopen: Option<bool>,
     socks6: Option<bool>,
+    udp_map_idle: Option<DurationValue>,
     relay: Option<RelayChoice>,
     buffer_size: Option<usize>,
     pipe_size: Option<usize>,
@@ -522,6 +533,8 @@ pub struct Config {
     pub ktls: KtlsChoice,
     /// Static port maps.
     pub maps: Vec<PortMap>,
+    /// Idle deadline of a UDP map's flow.
+    pub udp_map_idle: Duration,
 }
 
 impl Config {
@@ -624,8 +637,10 @@ impl Config {
             .chain(&tls_listen)
             .collect();
         for (i, m) in maps.iter().enumerate() {
-            let twice = maps[..i].iter().any(|o| o.listen == m.listen);
-            if twice || taken.contains(&&m.listen) {
+            let twice = maps[..i]
+                .iter()
+                .any(|o| o.listen == m.listen && o.udp == m.udp);
+            if twice || (!m.udp && taken.contains(&&m.listen)) {
                 return Err(ConfigError::Invalid(format!(
                     "map listen address {} is used twice",
                     m.listen
@@ -818,6 +833,11 @@ impl Config {
             .map_err(ConfigError::Invalid)?,
             ktls: args.ktls.or(file.ktls).unwrap_or(KtlsChoice::Auto),
             maps,
+            udp_map_idle: dur(
+                args.udp_map_idle,
+                file.udp_map_idle,
+                Duration::from_secs(60),
+            ),
         };
         config.check_open_proxy()?;
         Ok(config)
@@ -1110,9 +1130,12 @@ mod tests {
         );
         let m = parse_map("tcp:127.0.0.1:8080=internal.example:80").unwrap();
         assert_eq!(m.target, TargetAddr::Domain("internal.example".into(), 80));
-        assert!(parse_map("udp:127.0.0.1:53=10.0.0.1:53")
+        let u = parse_map("udp:127.0.0.1:53=10.0.0.1:53").unwrap();
+        assert!(u.udp && !m.udp);
+        assert_eq!(u.target, TargetAddr::Ip("10.0.0.1:53".parse().unwrap()));
+        assert!(parse_map("sctp:127.0.0.1:53=10.0.0.1:53")
             .unwrap_err()
-            .contains("not supported yet"));
+            .contains("tcp or udp"));
         // Maps alone: no SOCKS listener besides; one address twice is refused.
         let a = ServeArgs {
             maps: vec![m.clone()],

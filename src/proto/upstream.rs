@@ -282,6 +282,7 @@ impl UpstreamError {
 /// bytes after `consumed` are already tunnel data. After `Done` or an error, the handshake is
 /// over and `advance` returns [`UpstreamError::Malformed`].
 pub struct Socks5Connect {
+    command: Command,
     target: TargetAddr,
     auth: Option<(Vec<u8>, Vec<u8>)>,
     state: State,
@@ -322,7 +323,18 @@ impl Socks5Connect {
     /// if the parent asks for it. Fields longer than 255 bytes are truncated on the wire
     /// ([`UpstreamUrl`] never yields those).
     pub fn new(target: &TargetAddr, auth: Option<(&[u8], &[u8])>) -> Self {
+        Self::with_command(Command::Connect, target, auth)
+    }
+
+    /// The same handshake for another command: UDP ASSOCIATE (with the address the client
+    /// will send from, or 0.0.0.0:0), whose reply names the parent's UDP relay.
+    pub fn with_command(
+        command: Command,
+        target: &TargetAddr,
+        auth: Option<(&[u8], &[u8])>,
+    ) -> Self {
         Self {
+            command,
             target: target.clone(),
             auth: auth.map(|(u, p)| (u.to_vec(), p.to_vec())),
             state: State::Idle,
@@ -436,7 +448,7 @@ impl Socks5Connect {
     }
 
     fn request(&mut self, out: &mut Vec<u8>) {
-        socks5::encode_request(Command::Connect, &self.target, out);
+        socks5::encode_request(self.command, &self.target, out);
         self.state = State::Reply;
     }
 }
@@ -915,6 +927,19 @@ mod tests {
             }
         }
         (Err(UpstreamError::Malformed("test: parent stopped")), sent)
+    }
+
+    #[test]
+    fn udp_associate_asks_for_a_relay() {
+        let any = TargetAddr::Ip("0.0.0.0:0".parse().unwrap());
+        let mut c = Socks5Connect::with_command(Command::UdpAssociate, &any, None);
+        // Method selection X'00', then a success reply naming the relay 10.0.0.9:4000.
+        let server = [5, 0, 5, 0, 0, 1, 10, 0, 0, 9, 0x0f, 0xa0];
+        let (r, sent) = drive(&mut c, &server, 1);
+        assert_eq!(sent, [5, 1, 0, 5, 3, 0, 1, 0, 0, 0, 0, 0, 0]);
+        let (bound, rest) = r.unwrap();
+        assert_eq!(bound, TargetAddr::Ip("10.0.0.9:4000".parse().unwrap()));
+        assert!(rest.is_empty());
     }
 
     /// Runs `server` whole and byte by byte (and in 3-byte pieces); all must agree.

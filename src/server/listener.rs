@@ -66,3 +66,35 @@ pub fn bind_all(
     }
     Ok(per_worker)
 }
+
+/// Builds a non-blocking UDP socket on `addr` for a UDP port map, with SO_REUSEADDR and
+/// SO_REUSEPORT (the kernel then picks one worker's socket per sender address and port, so a
+/// client's flow stays on one worker) and 1 MiB socket buffers asked for.
+pub fn bind_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    let sock = Socket::new(
+        Domain::for_address(addr),
+        Type::DGRAM.nonblocking().cloexec(),
+        Some(Protocol::UDP),
+    )?;
+    sock.set_reuse_address(true)?;
+    sock.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(true)?;
+    }
+    // A burst waits in the kernel rather than being dropped there (capped by rmem_max).
+    let _ = sock.set_recv_buffer_size(1 << 20);
+    let _ = sock.set_send_buffer_size(1 << 20);
+    sock.bind(&addr.into())?;
+    Ok(sock.into())
+}
+
+/// One UDP socket per worker on `addr`; port 0 is fixed by the first.
+pub fn bind_udp_all(addr: SocketAddr, workers: usize) -> io::Result<Vec<std::net::UdpSocket>> {
+    let first = bind_udp(addr).map_err(|e| io::Error::new(e.kind(), format!("{addr}: {e}")))?;
+    let actual = first.local_addr()?;
+    let mut all = vec![first];
+    for _ in 1..workers {
+        all.push(bind_udp(actual)?);
+    }
+    Ok(all)
+}

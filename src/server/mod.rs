@@ -19,6 +19,7 @@ pub mod session;
 pub mod tls;
 pub mod tunnels;
 pub mod udp;
+pub mod udpmap;
 pub mod upstream;
 pub mod verify;
 pub mod worker;
@@ -182,7 +183,7 @@ fn listeners(
             }
             for list in per_worker.iter_mut() {
                 list.push(worker::Listener {
-                    socket: a.socket.try_clone()?,
+                    socket: worker::Bound::Tcp(a.socket.try_clone()?),
                     front,
                     shared: true,
                 });
@@ -201,17 +202,32 @@ fn listeners(
         (config.tls_listen.clone(), worker::Front::Tls, defer),
     ];
     for (i, m) in config.maps.iter().enumerate() {
+        let front = worker::Front::Map(i as u16);
+        if m.udp {
+            // Bound after the TCP listeners below, which keep their order.
+            continue;
+        }
         // No deferred accept: the destination may speak first (SSH, SMTP).
-        fronts.push((vec![m.listen], worker::Front::Map(i as u16), 0));
+        fronts.push((vec![m.listen], front, 0));
     }
     for (addrs, front, defer) in fronts {
         let bound = listener::bind_all(&addrs, threads, config.backlog, defer)?;
         for (list, sockets) in per_worker.iter_mut().zip(bound) {
             list.extend(sockets.into_iter().map(|socket| worker::Listener {
-                socket,
+                socket: worker::Bound::Tcp(socket),
                 front,
                 shared: false,
             }));
+        }
+    }
+    for (i, m) in config.maps.iter().enumerate().filter(|(_, m)| m.udp) {
+        let bound = listener::bind_udp_all(m.listen, threads)?;
+        for (list, socket) in per_worker.iter_mut().zip(bound) {
+            list.push(worker::Listener {
+                socket: worker::Bound::Udp(socket),
+                front: worker::Front::Map(i as u16),
+                shared: false,
+            });
         }
     }
     Ok(per_worker)
@@ -242,8 +258,9 @@ pub fn serve(
                 }
                 worker::Front::Tls => info!("{a}: SOCKS over TLS"),
                 worker::Front::Map(i) => {
-                    let target = &config.maps[i as usize].target;
-                    info!("{a}: port map to {target}")
+                    let m = &config.maps[i as usize];
+                    let proto = if m.udp { "udp" } else { "tcp" };
+                    info!("{a}: {proto} port map to {}", m.target)
                 }
                 worker::Front::Socks => {}
             }

@@ -16,7 +16,7 @@ use crate::proto::upstream::{
     http_connect_request, parse_http_connect_response, Socks5Connect, Step, UpstreamError,
     UpstreamKind, UpstreamUrl,
 };
-use crate::proto::{ReplyCode, TargetAddr};
+use crate::proto::{Command, ReplyCode, TargetAddr};
 use crate::route::Parent;
 
 /// A tunnel to the destination through a parent: a plain or a TLS stream.
@@ -52,6 +52,27 @@ impl<S> Upstream<S> {
     }
 }
 
+impl<S: Stream> Upstream<S> {
+    /// Shuts the connection down (its pending operations complete).
+    pub fn shutdown(&self, how: Shutdown) {
+        match self {
+            Upstream::Plain(s) => s.shutdown(how),
+            Upstream::Tls(s) => s.shutdown(how),
+            Upstream::Ktls(s) => s.shutdown(how),
+        }
+    }
+
+    /// Resolves once the parent closes the connection (or it fails): for a UDP association,
+    /// whose control connection carries nothing after the reply.
+    pub async fn closed(&self) {
+        match self {
+            Upstream::Plain(s) => s.closed().await,
+            Upstream::Tls(s) => s.closed().await,
+            Upstream::Ktls(s) => s.closed().await,
+        }
+    }
+}
+
 /// Why a parent did not give us a tunnel.
 #[derive(Debug, thiserror::Error)]
 pub enum ParentError {
@@ -73,6 +94,9 @@ pub enum ParentError {
     /// No tunnel within the connect timeout.
     #[error("parent proxy did not answer within the connect timeout")]
     Timeout,
+    /// An HTTP CONNECT parent was asked to carry UDP.
+    #[error("an HTTP CONNECT parent cannot carry UDP")]
+    NoUdp,
 }
 
 impl ParentError {
@@ -85,6 +109,7 @@ impl ParentError {
             ParentError::Closed => "closed",
             ParentError::Refused(e) => e.as_str(),
             ParentError::Timeout => "timeout",
+            ParentError::NoUdp => "no-udp",
         }
     }
 
@@ -107,6 +132,48 @@ pub async fn connect<N: Net>(
     parent: &Parent,
     target: &TargetAddr,
 ) -> Result<Reached<N::Stream>, ParentError> {
+    let (mut reached, bound) = open::<N>(ctx, parent, Command::Connect, target).await?;
+    reached.bound = match bound {
+        Some(TargetAddr::Ip(a)) if !a.ip().is_unspecified() => Some(a),
+        _ => None,
+    };
+    Ok(reached)
+}
+
+/// A UDP ASSOCIATE with a SOCKS5 parent, within the connect timeout: the control connection
+/// (the association lasts as long as it does) and the parent's UDP relay address. A relay
+/// reported as 0.0.0.0 (or ::) is on the parent's own address.
+pub async fn associate<N: Net>(
+    ctx: &WorkerCtx,
+    parent: &Parent,
+) -> Result<(Reached<N::Stream>, SocketAddr), ParentError> {
+    if parent.url.kind == UpstreamKind::HttpConnect {
+        return Err(ParentError::NoUdp);
+    }
+    let any = TargetAddr::Ip(SocketAddr::from(([0, 0, 0, 0], 0)));
+    let (reached, bound) = open::<N>(ctx, parent, Command::UdpAssociate, &any).await?;
+    let relay = match bound {
+        Some(TargetAddr::Ip(a)) if a.ip().is_unspecified() => {
+            SocketAddr::new(reached.parent.ip(), a.port())
+        }
+        Some(TargetAddr::Ip(a)) => a,
+        _ => {
+            reached.stream.shutdown(Shutdown::Both);
+            let e = UpstreamError::Malformed("UDP relay named by a domain name");
+            return Err(ParentError::Refused(e));
+        }
+    };
+    Ok((reached, relay))
+}
+
+/// Connects to `parent` and has it carry out `command`: the stream, and what the parent
+/// reported as bound.
+async fn open<N: Net>(
+    ctx: &WorkerCtx,
+    parent: &Parent,
+    command: Command,
+    target: &TargetAddr,
+) -> Result<(Reached<N::Stream>, Option<TargetAddr>), ParentError> {
     let deadline = tokio::time::Instant::now() + ctx.config.connect_timeout;
     let url = &parent.url;
     let reach = async {
@@ -119,14 +186,16 @@ pub async fn connect<N: Net>(
     };
     match &parent.tls {
         None => {
-            let r = tokio::time::timeout_at(deadline, Box::pin(exchange(&sock, url, target)));
+            let r =
+                tokio::time::timeout_at(deadline, Box::pin(exchange(&sock, url, command, target)));
             let (bound, early) = timed(r.await, &sock)?;
-            Ok(Reached {
+            let reached = Reached {
                 stream: Upstream::Plain(sock),
                 parent: addr,
-                bound,
+                bound: None,
                 early,
-            })
+            };
+            Ok((reached, bound))
         }
         Some((config, name)) => {
             let for_kernel = ctx.ktls();
@@ -142,22 +211,29 @@ pub async fn connect<N: Net>(
                     return Err(ParentError::Tls(e));
                 }
                 Ok(Carrier::Kernel(s)) => {
-                    let r = tokio::time::timeout_at(deadline, Box::pin(exchange(&s, url, target)));
+                    let r = tokio::time::timeout_at(
+                        deadline,
+                        Box::pin(exchange(&s, url, command, target)),
+                    );
                     let (bound, early) = timed(r.await, &s)?;
                     (Upstream::Ktls(s), bound, early)
                 }
                 Ok(Carrier::User(s)) => {
-                    let r = tokio::time::timeout_at(deadline, Box::pin(exchange(&*s, url, target)));
+                    let r = tokio::time::timeout_at(
+                        deadline,
+                        Box::pin(exchange(&*s, url, command, target)),
+                    );
                     let (bound, early) = timed(r.await, &*s)?;
                     (Upstream::Tls(s), bound, early)
                 }
             };
-            Ok(Reached {
+            let reached = Reached {
                 stream,
                 parent: addr,
-                bound,
+                bound: None,
                 early,
-            })
+            };
+            Ok((reached, bound))
         }
     }
 }
@@ -179,14 +255,15 @@ fn timed<T, S: Stream>(
 async fn exchange<S: Stream>(
     s: &S,
     url: &UpstreamUrl,
+    command: Command,
     target: &TargetAddr,
-) -> Result<(Option<SocketAddr>, Vec<u8>), ParentError> {
+) -> Result<(Option<TargetAddr>, Vec<u8>), ParentError> {
     let mut out = Vec::with_capacity(64);
     let mut buf = Vec::with_capacity(1024);
     let mut socks = match url.kind {
         UpstreamKind::Socks5 | UpstreamKind::Socks5Tls => {
             let auth = url.auth.as_ref().map(|(u, p)| (u.as_bytes(), p.as_bytes()));
-            let mut m = Socks5Connect::new(target, auth);
+            let mut m = Socks5Connect::with_command(command, target, auth);
             m.start(&mut out);
             Some(m)
         }
@@ -220,11 +297,7 @@ async fn exchange<S: Stream>(
                 }
                 Step::Done { consumed, bound } => {
                     buf.drain(..consumed);
-                    let bound = match bound {
-                        TargetAddr::Ip(a) if !a.ip().is_unspecified() => Some(a),
-                        _ => None,
-                    };
-                    return Ok((bound, buf));
+                    return Ok((Some(bound), buf));
                 }
             },
             None => {

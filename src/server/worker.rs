@@ -22,6 +22,7 @@ use super::relay::Mode;
 use super::resolve::Resolver;
 use super::session;
 use super::tunnels::Tunnels;
+use super::udpmap;
 use super::verify::Verifier;
 use crate::auth::LoginThrottle;
 use crate::config::{Config, RelayChoice};
@@ -156,10 +157,43 @@ pub enum Front {
     Map(u16),
 }
 
+/// A listening TCP socket, or a UDP port map's socket.
+pub enum Bound {
+    /// Accepts connections.
+    Tcp(std::net::TcpListener),
+    /// Receives a UDP port map's datagrams.
+    Udp(std::net::UdpSocket),
+}
+
+impl Bound {
+    /// The address it is bound to.
+    pub fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
+        match self {
+            Bound::Tcp(s) => s.local_addr(),
+            Bound::Udp(s) => s.local_addr(),
+        }
+    }
+
+    /// Another handle on the same socket.
+    pub fn try_clone(&self) -> io::Result<Bound> {
+        Ok(match self {
+            Bound::Tcp(s) => Bound::Tcp(s.try_clone()?),
+            Bound::Udp(s) => Bound::Udp(s.try_clone()?),
+        })
+    }
+
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        match self {
+            Bound::Tcp(s) => s.as_raw_fd(),
+            Bound::Udp(s) => s.as_raw_fd(),
+        }
+    }
+}
+
 /// A listening socket and what its connections start with.
 pub struct Listener {
     /// The socket.
-    pub socket: std::net::TcpListener,
+    pub socket: Bound,
     /// What connections start with.
     pub front: Front,
     /// Shared with other processes (systemd socket activation): never shut down here.
@@ -221,10 +255,20 @@ pub async fn run<N: Net>(id: usize, shared: Shared, listeners: Vec<Listener>) ->
     let stopping = Rc::new(Stopping::default());
     let mut fds = Vec::new();
     let mut loops = Vec::new();
+    let mut udp_maps = Vec::new();
     for l in listeners {
         fds.push((l.socket.as_raw_fd(), l.shared));
         let front = l.front;
-        let listener = N::listener(l.socket)?;
+        let socket = match (l.socket, front) {
+            (Bound::Tcp(s), _) => s,
+            (Bound::Udp(s), Front::Map(map)) => {
+                let serve = udpmap::serve::<N>(ctx.clone(), s, map, stopping.clone());
+                udp_maps.push(tokio::task::spawn_local(serve));
+                continue;
+            }
+            (Bound::Udp(_), _) => continue,
+        };
+        let listener = N::listener(socket)?;
         loops.push(tokio::task::spawn_local(accept_loop::<N>(
             ctx.clone(),
             listener,
@@ -327,6 +371,9 @@ pub async fn run<N: Net>(id: usize, shared: Shared, listeners: Vec<Listener>) ->
             closed.push(listener);
         }
     }
+    for u in udp_maps {
+        let _ = u.await;
+    }
     drop(closed);
     drop(wakers);
 
@@ -372,11 +419,23 @@ fn release_freed_memory() {
     unsafe { libmimalloc_sys::mi_collect(true) }
 }
 
-/// Tells the accept loops to stop.
+/// Tells the accept loops (and UDP map loops) to stop.
 #[derive(Default)]
-struct Stopping {
+pub(crate) struct Stopping {
     flag: Cell<bool>,
     notify: Notify,
+}
+
+impl Stopping {
+    /// Whether the worker is stopping.
+    pub(crate) fn is_set(&self) -> bool {
+        self.flag.get()
+    }
+
+    /// Resolves when the worker starts stopping (after `is_set` was checked).
+    pub(crate) async fn notified(&self) {
+        self.notify.notified().await
+    }
 }
 
 /// Connects to the listener on `fd` (its own address, or loopback for a wildcard one) so

@@ -127,6 +127,16 @@ impl Proxy {
         self.log.lock().unwrap().iter().any(|l| l.contains(needle))
     }
 
+    /// How many log lines contain `needle`.
+    pub fn count_logged(&self, needle: &str) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
     /// Waits up to 5 s for a log line containing `needle`.
     pub async fn wait_logged(&self, needle: &str) -> bool {
         for _ in 0..100 {

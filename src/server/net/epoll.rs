@@ -229,6 +229,11 @@ impl Datagram for EpollDatagram {
         self.0
             .try_io(Interest::WRITABLE, || send_to_now(fd, data, to))
     }
+
+    fn try_send(&self, data: &[u8]) -> io::Result<usize> {
+        let fd = self.0.as_raw_fd();
+        self.0.try_io(Interest::WRITABLE, || send_now(fd, data))
+    }
 }
 
 /// A socket kept open by the readiness registration that watches it.

@@ -254,6 +254,11 @@ pub trait Datagram: 'static {
     fn try_send_to(&self, data: &[u8], to: SocketAddr) -> io::Result<usize> {
         send_to_now(self.raw_fd(), data, to)
     }
+
+    /// Sends one datagram on a connected socket with one non-blocking `send(2)`.
+    fn try_send(&self, data: &[u8]) -> io::Result<usize> {
+        send_now(self.raw_fd(), data)
+    }
 }
 
 /// A runtime: how to accept, connect and wrap sockets.
