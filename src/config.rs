@@ -111,6 +111,11 @@ pub struct ServeArgs {
     /// SYN (SOCKS 6 initial data uses Fast Open whenever the host allows it, without this flag)
     #[arg(long)]
     pub upstream_fastopen: bool,
+    /// Accept TCP Fast Open on the listeners, with this many pending Fast Open requests per
+    /// socket: a client's first message may ride in its SYN (SYN data can be replayed by the
+    /// network: a replayed request opens a second tunnel) [default: 0, off]
+    #[arg(long, value_name = "QUEUE")]
+    pub listen_fastopen: Option<u32>,
     /// Answer SOCKS 6 (draft-olteanu-intarea-socks-6-11) requests with a version mismatch
     /// instead of serving them
     #[arg(long)]
@@ -325,6 +330,7 @@ pub struct FileConfig {
     drain_timeout: Option<DurationValue>,
     egress_ip: Option<IpAddr>,
     upstream_fastopen: Option<bool>,
+    listen_fastopen: Option<u32>,
     socks6: Option<bool>,
     udp_map_idle: Option<DurationValue>,
     relay: Option<RelayChoice>,
@@ -491,6 +497,8 @@ pub struct Config {
     pub egress_ip: Option<IpAddr>,
     /// TCP Fast Open on direct outbound connects, reply first (`--upstream-fastopen`).
     pub upstream_fastopen: bool,
+    /// TCP_FASTOPEN queue length on listeners; 0 is off.
+    pub listen_fastopen: u32,
     /// Serve SOCKS 6 requests (else answer them with a version mismatch).
     pub socks6: bool,
     /// Relay mode.
@@ -776,6 +784,7 @@ impl Config {
             ),
             egress_ip: args.egress_ip.or(file.egress_ip),
             upstream_fastopen: args.upstream_fastopen || file.upstream_fastopen.unwrap_or(false),
+            listen_fastopen: args.listen_fastopen.or(file.listen_fastopen).unwrap_or(0),
             socks6: !args.no_socks6 && file.socks6.unwrap_or(true),
             relay: args.relay.or(file.relay).unwrap_or(RelayChoice::Auto),
             buffer_size,

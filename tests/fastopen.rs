@@ -196,3 +196,54 @@ async fn a_refusal_ends_the_tunnel() {
         }
     }
 }
+
+/// One SOCKS5 CONNECT whose greeting and request ride in the client's SYN (MSG_FASTOPEN);
+/// returns whether the SYN's data was taken (TCPI_OPT_SYN_DATA on the client's socket), after
+/// checking the tunnel carries a ping.
+fn fast_open_client(proxy: SocketAddr, dest: SocketAddr) -> bool {
+    let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    let std::net::SocketAddr::V4(d) = dest else {
+        unreachable!()
+    };
+    let mut hello = vec![5, 1, 0, 5, 1, 0, 1];
+    hello.extend_from_slice(&d.ip().octets());
+    hello.extend_from_slice(&d.port().to_be_bytes());
+    let n = sock
+        .send_to_with_flags(&hello, &proxy.into(), libc::MSG_FASTOPEN)
+        .unwrap();
+    let mut s: std::net::TcpStream = sock.into();
+    s.write_all(&hello[n..]).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut reply = [0u8; 12];
+    s.read_exact(&mut reply).unwrap();
+    assert_eq!(&reply[..4], &[5, 0, 5, 0], "method selection and success");
+    s.write_all(b"ping\n").unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"pong:ping\n");
+    syn_carried_data(&s)
+}
+
+/// `--listen-fastopen`: a client's greeting and request may ride in its SYN.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_may_send_their_request_in_the_syn() {
+    let (dest, _) = destination(false);
+    let proxy = Proxy::start(&["--listen-fastopen", "64"]);
+    let addr = proxy.addr;
+    let took = tokio::task::spawn_blocking(move || {
+        (0..3)
+            .map(|_| fast_open_client(addr, dest))
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    if fastopen_both_ways() {
+        // The first connection fetches the cookie.
+        assert!(took[1..].iter().all(|&t| t), "{took:?}");
+    } else {
+        assert!(
+            !required(),
+            "net.ipv4.tcp_fastopen does not allow Fast Open both ways"
+        );
+    }
+}

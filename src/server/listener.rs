@@ -18,6 +18,7 @@ pub fn bind(
     addr: SocketAddr,
     backlog: u32,
     defer_accept_secs: u32,
+    fastopen: u32,
 ) -> io::Result<std::net::TcpListener> {
     let sock = Socket::new(
         Domain::for_address(addr),
@@ -40,6 +41,17 @@ pub fn bind(
         libc::TCP_DEFER_ACCEPT,
         defer_accept_secs.min(i32::MAX as u32) as libc::c_int,
     )?;
+    if fastopen > 0 {
+        // Server-side TCP Fast Open (`--listen-fastopen`): a client's SYN may carry its first
+        // message (a SOCKS 6 request with its initial data), accepted with a cookie. Takes
+        // effect where net.ipv4.tcp_fastopen has bit 2.
+        setsockopt_int(
+            sock.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_FASTOPEN,
+            fastopen.min(i32::MAX as u32) as libc::c_int,
+        )?;
+    }
     sock.bind(&addr.into())?;
     sock.listen(backlog.min(i32::MAX as u32) as i32)?;
     Ok(sock.into())
@@ -52,16 +64,17 @@ pub fn bind_all(
     workers: usize,
     backlog: u32,
     defer_accept_secs: u32,
+    fastopen: u32,
 ) -> io::Result<Vec<Vec<std::net::TcpListener>>> {
     let mut per_worker: Vec<Vec<std::net::TcpListener>> =
         (0..workers).map(|_| Vec::new()).collect();
     for &addr in addrs {
-        let first = bind(addr, backlog, defer_accept_secs)
+        let first = bind(addr, backlog, defer_accept_secs, fastopen)
             .map_err(|e| io::Error::new(e.kind(), format!("{addr}: {e}")))?;
         let actual = first.local_addr()?;
         per_worker[0].push(first);
         for list in per_worker.iter_mut().skip(1) {
-            list.push(bind(actual, backlog, defer_accept_secs)?);
+            list.push(bind(actual, backlog, defer_accept_secs, fastopen)?);
         }
     }
     Ok(per_worker)

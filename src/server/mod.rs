@@ -211,7 +211,8 @@ fn listeners(
         fronts.push((vec![m.listen], front, 0));
     }
     for (addrs, front, defer) in fronts {
-        let bound = listener::bind_all(&addrs, threads, config.backlog, defer)?;
+        let fastopen = config.listen_fastopen;
+        let bound = listener::bind_all(&addrs, threads, config.backlog, defer, fastopen)?;
         for (list, sockets) in per_worker.iter_mut().zip(bound) {
             list.extend(sockets.into_iter().map(|socket| worker::Listener {
                 socket: worker::Bound::Tcp(socket),
