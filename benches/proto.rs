@@ -49,10 +49,12 @@ static GLOBAL: Counting = Counting;
 const OPEN: AuthPolicy = AuthPolicy {
     password_required: false,
     allow_socks4: false,
+    allow_socks6: false,
 };
 const USERS: AuthPolicy = AuthPolicy {
     password_required: true,
     allow_socks4: false,
+    allow_socks6: false,
 };
 
 struct Scenario {

@@ -89,7 +89,8 @@ async fn metrics_after_a_known_sequence() {
         1.0
     );
     assert_eq!(
-        v("ringsocks_handshake_failures_total{reason=\"bad-version\"}"),
+        // Answered with the SOCKS 6 version mismatch reply.
+        v("ringsocks_handshake_failures_total{reason=\"version-mismatch\"}"),
         1.0
     );
     assert_eq!(v("ringsocks_connect_duration_seconds_count"), 3.0);

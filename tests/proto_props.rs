@@ -81,6 +81,7 @@ fn policy() -> impl Strategy<Value = AuthPolicy> {
     (any::<bool>(), any::<bool>()).prop_map(|(password_required, allow_socks4)| AuthPolicy {
         password_required,
         allow_socks4,
+        allow_socks6: false,
     })
 }
 
@@ -356,6 +357,7 @@ fn prescribed(err: &ProtoError, version: Version) -> Vec<u8> {
         "None" => Vec::new(),
         "NoAcceptableMethods" => vec![5, 0xFF],
         "AuthFailure" => vec![1, 1],
+        "VersionMismatch" => vec![6],
         _ => {
             let code = (0u8..=8)
                 .map(|b| ReplyCode::from_u8(b).unwrap())
@@ -364,6 +366,7 @@ fn prescribed(err: &ProtoError, version: Version) -> Vec<u8> {
             match version {
                 Version::V5 => vec![5, code as u8, 0, 1, 0, 0, 0, 0, 0, 0],
                 Version::V4 => vec![0, ReplyCode4::from(code) as u8, 0, 0, 0, 0, 0, 0],
+                Version::V6 => unreachable!("SOCKS 6 is off"),
             }
         }
     }
@@ -396,6 +399,7 @@ fn check_run(policy: AuthPolicy, input: &[u8], run: &Run) -> Result<(), TestCase
                     prop_assert!(ok.contains(&run.out.as_slice()), "out {:?}", run.out);
                     prop_assert!(r.userid.is_none());
                 }
+                Version::V6 => prop_assert!(false, "SOCKS 6 is off"),
             }
         }
         Outcome::Err(e) => {
@@ -439,6 +443,7 @@ fn check_run(policy: AuthPolicy, input: &[u8], run: &Run) -> Result<(), TestCase
                     match version {
                         Version::V4 => prop_assert_eq!(run.out[..2].to_vec(), vec![0, 0x5B]),
                         Version::V5 => prop_assert_eq!(run.out[run.out.len() - 10], 5),
+                        Version::V6 => prop_assert!(false, "SOCKS 6 is off"),
                     }
                 }
             }
@@ -456,6 +461,7 @@ fn transcript() -> impl Strategy<Value = (AuthPolicy, Vec<u8>, Request)> {
     let users = AuthPolicy {
         password_required: true,
         allow_socks4: false,
+        allow_socks6: false,
     };
     let socks5_noauth = (command(), target(), vec(any::<u8>(), 0..4)).prop_map(
         move |(command, target, mut methods)| {
@@ -468,6 +474,8 @@ fn transcript() -> impl Strategy<Value = (AuthPolicy, Vec<u8>, Request)> {
                 command,
                 target: normalize(&target),
                 userid: None,
+                initial_data: 0,
+                fast_open: false,
             };
             (open, bytes, req)
         },
@@ -484,6 +492,8 @@ fn transcript() -> impl Strategy<Value = (AuthPolicy, Vec<u8>, Request)> {
                 command,
                 target: normalize(&target),
                 userid: None,
+                initial_data: 0,
+                fast_open: false,
             };
             (users, bytes, req)
         },
@@ -497,12 +507,15 @@ fn transcript() -> impl Strategy<Value = (AuthPolicy, Vec<u8>, Request)> {
             let policy = AuthPolicy {
                 password_required: allow_socks4,
                 allow_socks4,
+                allow_socks6: false,
             };
             let req = Request {
                 version: Version::V4,
                 command,
                 target,
                 userid,
+                initial_data: 0,
+                fast_open: false,
             };
             (policy, bytes, req)
         },

@@ -118,11 +118,12 @@ async fn v1_and_v2_headers_name_the_client_for_logs_and_rules() {
     assert_eq!(echo_roundtrip(t, b"local").await, b"local");
     assert!(s.proxy.wait_logged(&format!("client={local}")).await);
 
-    // A PROXY header sent to the plain listener is not believed: the connection is closed.
+    // A PROXY header sent to the plain listener is not believed: the connection is closed
+    // after the one-byte SOCKS 6 version mismatch reply ("P" is no SOCKS version).
     let h = encode_v1("192.0.2.99:1".parse().unwrap(), s.proxy.addr);
     let mut bytes = h.clone();
     bytes.extend_from_slice(&[5, 1, 0]);
-    assert!(closed_after(s.proxy.addr, &bytes, false).await.is_empty());
+    assert_eq!(closed_after(s.proxy.addr, &bytes, false).await, [6]);
     assert!(!s.proxy.logged("client=192.0.2.99"));
 
     // The plain listener still speaks SOCKS without a header.

@@ -175,10 +175,10 @@ async fn userpass_auth_and_wrong_password(runtime: &str) {
 async fn bad_inputs_get_the_right_reply(runtime: &str) {
     let proxy = Proxy::start(&rt(runtime));
     let echo = echo_server("127.0.0.1:0").await;
-    // Wrong version: closed without a reply.
+    // Wrong version: the SOCKS 6 version mismatch reply (one byte, X'06'), then the close.
     assert_eq!(
         raw_exchange(proxy.addr, b"GET / HTTP/1.1\r\n\r\n").await,
-        b""
+        [6]
     );
     // Zero methods and no acceptable method: X'FF'.
     assert_eq!(raw_exchange(proxy.addr, &[5, 0]).await, [5, 0xFF]);

@@ -22,7 +22,7 @@ use std::path::Path;
 
 use ringsocks::config::{self, FileConfig};
 use ringsocks::proto::{
-    proxy, rfc1929, socks4, socks5, udp, AuthPolicy, Command, Event, Handshake, ProtoError,
+    proxy, rfc1929, socks4, socks5, socks6, udp, AuthPolicy, Command, Event, Handshake, ProtoError,
     ReplyCode, Request, TargetAddr, Version,
 };
 use ringsocks::rules::{AccessConfig, Cidr, Query, Rules};
@@ -79,7 +79,8 @@ pub fn replay(dir: &Path) -> (usize, Vec<String>) {
 /// The server handshake state machine, fed the same client bytes whole and in pieces.
 ///
 /// Input: a flags byte (bits 0-1: [`AuthPolicy`]; bits 2-3: how credentials are judged;
-/// bits 4-7: how the bytes are split), a seed for the split sizes, then the client's bytes.
+/// bits 4-7: how the bytes are split), a seed for the split sizes (its bit 0 also enables
+/// SOCKS 6), then the client's bytes.
 pub fn handshake(data: &[u8]) {
     let [flags, seed, stream @ ..] = data else {
         return;
@@ -87,6 +88,7 @@ pub fn handshake(data: &[u8]) {
     let policy = AuthPolicy {
         password_required: flags & 0x01 != 0,
         allow_socks4: flags & 0x02 != 0,
+        allow_socks6: seed & 0x01 != 0,
     };
     let judge = (flags >> 2) & 0x03;
     let whole = drive(policy, judge, stream, &[stream.len()]);
@@ -98,13 +100,49 @@ pub fn handshake(data: &[u8]) {
     );
 }
 
-/// The SOCKS4/4a, SOCKS5 and RFC 1929 decoders (both sides) and the SOCKS5 address field.
+/// The SOCKS4/4a, SOCKS5, SOCKS 6 and RFC 1929 decoders (both sides) and the SOCKS5 address
+/// field.
 ///
-/// Input: a selector byte, then the bytes for the chosen decoder.
+/// Input: a selector byte, then the bytes for the chosen decoder. Selectors 0xF0 to 0xF2 pick
+/// the SOCKS 6 decoders; any other is taken modulo 10 (so older corpus files keep their
+/// meaning).
 pub fn socks_codecs(data: &[u8]) {
     let [selector, buf @ ..] = data else {
         return;
     };
+    match selector {
+        0xF0 => return socks6_request(buf),
+        0xF1 => {
+            if let Ok(Some((reply, n))) = check_parser(buf, socks6::parse_auth_reply, true) {
+                let mut out = Vec::new();
+                socks6::encode_auth_reply(&reply, &mut out);
+                assert!(
+                    out.len() <= n,
+                    "options the parser ignores are not re-encoded"
+                );
+                assert_eq!(socks6::parse_auth_reply(&out), Ok(Some((reply, out.len()))));
+            }
+            return;
+        }
+        0xF2 => {
+            if let Ok(Some((reply, _))) = check_parser(buf, socks6::parse_operation_reply, true) {
+                if let TargetAddr::Ip(bound) = reply.bound {
+                    let mut out = Vec::new();
+                    let tfo = reply.fast_open.map(|f| f.payload_size);
+                    socks6::encode_operation_reply(reply.code, Some(bound), tfo, &mut out);
+                    let (back, n) = socks6::parse_operation_reply(&out)
+                        .expect("an encoded reply parses")
+                        .expect("an encoded reply is complete");
+                    assert_eq!(n, out.len());
+                    assert_eq!(back.code, reply.code);
+                    assert_eq!(back.bound, canonical(&reply.bound));
+                    assert_eq!(back.fast_open.map(|f| f.payload_size), tfo);
+                }
+            }
+            return;
+        }
+        _ => {}
+    }
     match selector % 10 {
         0 => {
             if let Ok(Some((req, _))) = check_parser(buf, socks4::parse_request, true) {
@@ -197,6 +235,9 @@ pub fn socks_codecs(data: &[u8]) {
             let _ = rfc1929::parse_request(buf);
             let _ = rfc1929::parse_response(buf);
             let _ = TargetAddr::parse(buf);
+            let _ = socks6::parse_request(buf);
+            let _ = socks6::parse_auth_reply(buf);
+            let _ = socks6::parse_operation_reply(buf);
         }
     }
 }
@@ -379,6 +420,37 @@ fn wire_len(addr: &TargetAddr) -> usize {
     }
 }
 
+/// A SOCKS 6 Request: the shared parser properties, then what it parsed re-encodes to a
+/// Request that parses the same (the options the parser ignores aside).
+fn socks6_request(buf: &[u8]) {
+    let Ok(Some((req, n))) = check_parser(buf, socks6::parse_request, true) else {
+        return;
+    };
+    assert_eq!(n % 4, 0, "SOCKS 6 messages are aligned");
+    let methods: Vec<u8> = (1..=255u8).filter(|&m| req.methods.contains(m)).collect();
+    let opts = socks6::RequestOptions {
+        initial_data: req.initial_data,
+        methods: &methods,
+        userpass: req.auth.map(|a| (a.username, a.password)),
+        fast_open: req.fast_open.map(|f| f.payload_size),
+    };
+    let mut out = Vec::new();
+    socks6::encode_request(req.command, &req.target, &opts, &mut out);
+    let (back, m) = socks6::parse_request(&out)
+        .expect("an encoded request parses")
+        .expect("an encoded request is complete");
+    assert_eq!(m, out.len());
+    assert_eq!(back.command, req.command);
+    assert_eq!(back.target, canonical(&req.target));
+    assert_eq!(back.initial_data, req.initial_data);
+    assert_eq!(back.auth, req.auth);
+    assert_eq!(back.methods, req.methods);
+    assert_eq!(
+        back.fast_open.map(|f| f.payload_size),
+        req.fast_open.map(|f| f.payload_size)
+    );
+}
+
 fn address_round_trip(addr: &TargetAddr) {
     let mut out = Vec::new();
     addr.encode(&mut out);
@@ -427,6 +499,9 @@ enum End {
 /// bound.
 const MAX_PENDING: usize = 8 + 2 * (socks4::MAX_FIELD + 1);
 
+/// The same for SOCKS 6: the fixed header, the longest padded domain and the most options.
+const MAX_PENDING6: usize = 8 + 256 + socks6::MAX_OPTIONS_LEN;
+
 /// Plays the caller of [`Handshake`]: receive `sizes[i]` more bytes, advance, answer
 /// credentials, until a request, an error, or the end of the stream.
 fn drive(policy: AuthPolicy, judge: u8, stream: &[u8], sizes: &[usize]) -> Run {
@@ -456,8 +531,12 @@ fn drive(policy: AuthPolicy, judge: u8, stream: &[u8], sizes: &[usize]) -> Run {
                 Ok((Event::NeedMore, _)) => {
                     pending.drain(..used);
                     consumed += used;
+                    let max = match hs.version() {
+                        Version::V6 => MAX_PENDING6,
+                        _ => MAX_PENDING,
+                    };
                     assert!(
-                        pending.len() <= MAX_PENDING,
+                        pending.len() <= max,
                         "holds {} unconsumed bytes and wants more",
                         pending.len()
                     );
@@ -477,8 +556,17 @@ fn drive(policy: AuthPolicy, judge: u8, stream: &[u8], sizes: &[usize]) -> Run {
                     consumed += used;
                     let written = out.len();
                     let verdict = hs.authenticated(ok, &mut out);
-                    assert_eq!(out.len(), written + 2, "one RFC 1929 status");
-                    assert_eq!(out[written..], [0x01, u8::from(!ok)]);
+                    if hs.version() == Version::V6 {
+                        // An Authentication Reply carrying the RFC 1929 status in an option.
+                        let status = u8::from(!ok);
+                        assert_eq!(
+                            out[written..],
+                            [6, status, 0, 8, 0, 4, 0, 8, 2, 1, status, 0]
+                        );
+                    } else {
+                        assert_eq!(out.len(), written + 2, "one RFC 1929 status");
+                        assert_eq!(out[written..], [0x01, u8::from(!ok)]);
+                    }
                     match verdict {
                         Ok(()) => assert!(ok),
                         Err(e) => {
@@ -499,6 +587,7 @@ fn drive(policy: AuthPolicy, judge: u8, stream: &[u8], sizes: &[usize]) -> Run {
                     let expected = match req.version {
                         Version::V4 => 8,
                         Version::V5 => 10,
+                        Version::V6 => 12,
                     };
                     assert_eq!(out.len() - before, expected);
                     end = End::Request(req);
@@ -547,6 +636,9 @@ fn check_request(
     out: &[u8],
 ) {
     assert_eq!(hs.version(), req.version);
+    if req.version != Version::V6 {
+        assert_eq!((req.initial_data, req.fast_open), (0, false));
+    }
     match req.version {
         Version::V4 => {
             assert!(!policy.password_required || policy.allow_socks4);
@@ -562,6 +654,17 @@ fn check_request(
                 assert_eq!(creds.len(), 1);
             }
             assert!(req.userid.is_none());
+        }
+        Version::V6 => {
+            assert!(policy.allow_socks6);
+            // The last thing written is the successful Authentication Reply.
+            assert_eq!(out.first(), Some(&0x06));
+            if policy.password_required {
+                assert_eq!(creds.len(), 1);
+            }
+            assert!(req.userid.is_none());
+            assert!(req.initial_data <= 1 << 14);
+            assert!(req.initial_data == 0 || req.command == Command::Connect);
         }
     }
 }

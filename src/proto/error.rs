@@ -51,6 +51,33 @@ pub enum ProtoError {
     /// A reply with an unexpected version or an unassigned code (client-side decoding).
     #[error("malformed reply")]
     BadReply,
+    /// The first byte is not a SOCKS version this server speaks, and it speaks SOCKS 6:
+    /// answered with the SOCKS 6 Version Mismatch Reply (draft section 5).
+    #[error("unsupported SOCKS version {0:#04x}, SOCKS6 version mismatch reply sent")]
+    VersionMismatch(u8),
+    /// A SOCKS 6 Options Length above 16 KiB or not a multiple of 4 (draft section 4).
+    #[error("SOCKS6 options length {0} is over 16 KiB or not a multiple of 4")]
+    BadOptionsLength(usize),
+    /// A SOCKS 6 option whose Length is under 4, not a multiple of 4, past the Options field,
+    /// or wrong for its kind (draft section 8).
+    #[error("malformed SOCKS6 option of kind {0}")]
+    BadOption(u16),
+    /// A SOCKS 6 option the draft allows once (or whose information must not repeat), twice.
+    #[error("duplicate SOCKS6 option of kind {0}")]
+    DuplicateOption(u16),
+    /// Non-zero or non-minimal padding in a SOCKS 6 message.
+    #[error("bad SOCKS6 padding")]
+    BadPadding,
+    /// A SOCKS 6 Initial Data Length above 2^14 (draft section 8.2).
+    #[error("SOCKS6 initial data length {0} is over 16384")]
+    InitialDataTooLong(u16),
+    /// A SOCKS 6 NOOP whose address is not an all-zero IPv4 or IPv6 address and port.
+    #[error("SOCKS6 NOOP with an address")]
+    BadNoop,
+    /// Not an error: a SOCKS 6 NOOP was answered (the replies are in the output) and the client
+    /// closes the connection now (draft section 7).
+    #[error("SOCKS6 NOOP answered")]
+    Noop,
 }
 
 /// What goes on the wire before the connection is closed.
@@ -62,22 +89,34 @@ pub enum WireReply {
     NoAcceptableMethods,
     /// RFC 1929 status X'01 01' (failure).
     AuthFailure,
-    /// A SOCKS5 reply with this code (or the SOCKS4 equivalent for SOCKS4 clients).
+    /// A SOCKS5 reply with this code (or the SOCKS4 equivalent for SOCKS4 clients). A SOCKS 6
+    /// client, whose request failed before authentication, gets a failed Authentication Reply.
     Reply(ReplyCode),
+    /// The SOCKS 6 Version Mismatch Reply, the single byte X'06' (draft section 5).
+    VersionMismatch,
 }
 
 impl ProtoError {
     /// The answer this error deserves (RFC 1928 sections 3 and 6, RFC 1929 section 2).
     pub fn reply(&self) -> WireReply {
         match self {
-            Self::UnsupportedVersion(_) | Self::BadReply | Self::Fragmented(_) => WireReply::None,
+            Self::UnsupportedVersion(_) | Self::BadReply | Self::Fragmented(_) | Self::Noop => {
+                WireReply::None
+            }
+            Self::VersionMismatch(_) => WireReply::VersionMismatch,
             Self::NoMethods | Self::NoAcceptableMethod => WireReply::NoAcceptableMethods,
             Self::BadAuthVersion(_) | Self::EmptyUsername | Self::AuthFailed => {
                 WireReply::AuthFailure
             }
-            Self::BadRequestVersion(_) | Self::BadReserved(_) | Self::FieldTooLong(_) => {
-                WireReply::Reply(ReplyCode::GeneralFailure)
-            }
+            Self::BadRequestVersion(_)
+            | Self::BadReserved(_)
+            | Self::FieldTooLong(_)
+            | Self::BadOptionsLength(_)
+            | Self::BadOption(_)
+            | Self::DuplicateOption(_)
+            | Self::BadPadding
+            | Self::InitialDataTooLong(_)
+            | Self::BadNoop => WireReply::Reply(ReplyCode::GeneralFailure),
             Self::UnknownCommand(_) => WireReply::Reply(ReplyCode::CommandNotSupported),
             Self::UnknownAddressType(_) => WireReply::Reply(ReplyCode::AddressTypeNotSupported),
             Self::BadDomain => WireReply::Reply(ReplyCode::HostUnreachable),
@@ -103,6 +142,14 @@ impl ProtoError {
             Self::Socks4NotAllowed => "socks4-not-allowed",
             Self::Fragmented(_) => "fragmented",
             Self::BadReply => "bad-reply",
+            Self::VersionMismatch(_) => "version-mismatch",
+            Self::BadOptionsLength(_) => "bad-options-length",
+            Self::BadOption(_) => "bad-option",
+            Self::DuplicateOption(_) => "duplicate-option",
+            Self::BadPadding => "bad-padding",
+            Self::InitialDataTooLong(_) => "initial-data-too-long",
+            Self::BadNoop => "bad-noop",
+            Self::Noop => "noop",
         }
     }
 }
@@ -182,6 +229,42 @@ mod tests {
             ),
             (ProtoError::Fragmented(1), WireReply::None, "fragmented"),
             (ProtoError::BadReply, WireReply::None, "bad-reply"),
+            (
+                ProtoError::VersionMismatch(7),
+                WireReply::VersionMismatch,
+                "version-mismatch",
+            ),
+            (
+                ProtoError::BadOptionsLength(5),
+                WireReply::Reply(R::GeneralFailure),
+                "bad-options-length",
+            ),
+            (
+                ProtoError::BadOption(2),
+                WireReply::Reply(R::GeneralFailure),
+                "bad-option",
+            ),
+            (
+                ProtoError::DuplicateOption(4),
+                WireReply::Reply(R::GeneralFailure),
+                "duplicate-option",
+            ),
+            (
+                ProtoError::BadPadding,
+                WireReply::Reply(R::GeneralFailure),
+                "bad-padding",
+            ),
+            (
+                ProtoError::InitialDataTooLong(20000),
+                WireReply::Reply(R::GeneralFailure),
+                "initial-data-too-long",
+            ),
+            (
+                ProtoError::BadNoop,
+                WireReply::Reply(R::GeneralFailure),
+                "bad-noop",
+            ),
+            (ProtoError::Noop, WireReply::None, "noop"),
         ];
         for (e, reply, name) in table {
             assert_eq!(e.reply(), reply, "{e}");

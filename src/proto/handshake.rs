@@ -1,4 +1,4 @@
-//! The server side of a SOCKS4/4a/5 handshake as a sans-I/O state machine.
+//! The server side of a SOCKS4/4a/5/6 handshake as a sans-I/O state machine.
 //!
 //! The caller reads bytes from the client into a buffer, calls [`Handshake::advance`] with the
 //! unconsumed part, writes whatever was appended to `out`, and acts on the [`Event`]:
@@ -6,10 +6,29 @@
 //! answer it with [`Handshake::reply`]. Replies are only appended, never written here, so the
 //! caller can coalesce the method selection and the request reply of a pipelining client into
 //! one write. On error, the reply the error deserves is already in `out`.
+//!
+//! SOCKS 6 (draft-olteanu-intarea-socks-6-11) puts the whole handshake in one Request:
+//! - Username/password in the Request's Authentication Data option gives
+//!   [`Event::Authenticate`]; [`Handshake::authenticated`] then appends the Authentication Reply
+//!   (success or failure, carrying the RFC 1929 status in an Authentication Data option) and
+//!   the next `advance` returns the request without consuming anything.
+//! - Without credentials, an open server appends a successful Authentication Reply when it
+//!   returns the request; one with users answers a failed Authentication Reply selecting "no
+//!   acceptable methods" ([`ProtoError::NoAcceptableMethod`]). The draft's multi-round
+//!   authentication (a method selected in a failed reply, then negotiated) is not offered.
+//! - [`Request::initial_data`] bytes of a CONNECT follow the Request: they are not consumed
+//!   here. [`Request::fast_open`] says the client asked for TCP Fast Open towards the target.
+//! - A NOOP is answered at once (a successful Authentication Reply and Operation Reply) and
+//!   reported as [`ProtoError::Noop`]: write `out` and close, as the client will.
+//! - With [`AuthPolicy::allow_socks6`] on, a first byte other than 4, 5 or 6 gets the Version
+//!   Mismatch Reply X'06' ([`ProtoError::VersionMismatch`], draft section 5). With it off, the
+//!   server is a SOCKS4/5 server: a SOCKS 6 request is an unsupported version, closed without a
+//!   reply as before (the draft prescribes nothing for servers that do not speak SOCKS 6).
 
 use std::net::SocketAddr;
 
 use super::error::WireReply;
+use super::socks6::{self, AuthReply, Command6};
 use super::{rfc1929, socks4, socks5, Command, ProtoError, ReplyCode, TargetAddr, Version};
 
 /// What the server accepts.
@@ -19,6 +38,8 @@ pub struct AuthPolicy {
     pub password_required: bool,
     /// Accept SOCKS4/4a (which carries no password) even when users are configured.
     pub allow_socks4: bool,
+    /// Speak SOCKS 6 (draft-olteanu-intarea-socks-6-11); when off, version 6 is unsupported.
+    pub allow_socks6: bool,
 }
 
 /// Credentials offered by a client, borrowed from the input buffer. Never log `password`.
@@ -33,7 +54,7 @@ pub struct Credentials<'a> {
 /// A complete request, ready for the caller's decision.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
-    /// SOCKS4 (incl. 4a) or SOCKS5.
+    /// SOCKS4 (incl. 4a), SOCKS5 or SOCKS 6.
     pub version: Version,
     /// What the client asks for.
     pub command: Command,
@@ -41,6 +62,12 @@ pub struct Request {
     pub target: TargetAddr,
     /// The SOCKS4 USERID (unauthenticated), if any.
     pub userid: Option<String>,
+    /// SOCKS 6 CONNECT: bytes of initial data that follow the request (at most 2^14), to read
+    /// before connecting and send in the first segment to the target. 0 otherwise.
+    pub initial_data: u16,
+    /// SOCKS 6: the client asked for TCP Fast Open on the proxy-remote leg. Report whether it
+    /// was used with [`Handshake::reply_fast_open`].
+    pub fast_open: bool,
 }
 
 /// What the caller does next.
@@ -61,6 +88,12 @@ enum State {
     Start,
     /// The first byte was 4 but the SOCKS4 request is incomplete (nothing consumed yet).
     Socks4,
+    /// The first byte was 6 but the SOCKS 6 request is incomplete (nothing consumed yet).
+    Socks6,
+    /// SOCKS 6 credentials handed to the caller; the request waits in `pending`.
+    AuthPending6,
+    /// SOCKS 6 credentials accepted: the next `advance` returns the request in `pending`.
+    Ready6,
     /// SOCKS5 method selection sent choosing username/password: expecting RFC 1929.
     Auth,
     /// Credentials handed to the caller; waiting for its verdict.
@@ -76,6 +109,17 @@ enum State {
 pub struct Handshake {
     policy: AuthPolicy,
     state: State,
+    /// A SOCKS 6 request parsed along with its credentials, until they are judged.
+    pending: Option<Pending6>,
+}
+
+/// The owned parts of a SOCKS 6 request that outlive the input buffer.
+#[derive(Debug, Clone)]
+struct Pending6 {
+    command: Command6,
+    target: TargetAddr,
+    initial_data: u16,
+    fast_open: bool,
 }
 
 impl Handshake {
@@ -84,6 +128,7 @@ impl Handshake {
         Handshake {
             policy,
             state: State::Start,
+            pending: None,
         }
     }
 
@@ -99,7 +144,11 @@ impl Handshake {
         loop {
             let rest = &input[used..];
             let step = match self.state {
-                State::Start | State::Socks4 => self.start(rest, out),
+                State::Start | State::Socks4 | State::Socks6 => self.start(rest, out),
+                State::Ready6 => match self.pending.take() {
+                    Some(p) => self.finish6(p, 0, out),
+                    None => return Ok((Event::NeedMore, used)),
+                },
                 State::Auth => match rfc1929::parse_request(rest) {
                     Ok(None) => Ok(None),
                     Ok(Some((req, n))) => {
@@ -112,7 +161,7 @@ impl Handshake {
                     }
                     Err(e) => Err(e),
                 },
-                State::AuthPending => {
+                State::AuthPending | State::AuthPending6 => {
                     // The caller must report the verdict first; nothing more is consumed.
                     return Ok((Event::NeedMore, used));
                 }
@@ -125,6 +174,8 @@ impl Handshake {
                             command: req.command,
                             target: req.target,
                             userid: None,
+                            initial_data: 0,
+                            fast_open: false,
                         };
                         return Ok((Event::Request(request), used + n));
                     }
@@ -136,6 +187,9 @@ impl Handshake {
                 Ok(None) => return Ok((Event::NeedMore, used)),
                 Ok(Some(Step::Consumed(n))) => used += n,
                 Ok(Some(Step::Request(req, n))) => return Ok((Event::Request(req), used + n)),
+                Ok(Some(Step::Authenticate(creds, n))) => {
+                    return Ok((Event::Authenticate(creds), used + n))
+                }
                 Err(e) => {
                     self.fail(&e, out);
                     return Err(e);
@@ -145,8 +199,24 @@ impl Handshake {
     }
 
     /// Reports the verdict on the credentials of the last [`Event::Authenticate`] and appends
-    /// the RFC 1929 status. On failure the connection must be closed after `out` is written.
+    /// the RFC 1929 status (SOCKS 6: the Authentication Reply). On failure the connection must
+    /// be closed after `out` is written.
     pub fn authenticated(&mut self, ok: bool, out: &mut Vec<u8>) -> Result<(), ProtoError> {
+        if self.state == State::AuthPending6 {
+            let reply = AuthReply {
+                success: ok,
+                selected: None,
+                password_ok: Some(ok),
+            };
+            socks6::encode_auth_reply(&reply, out);
+            if ok {
+                self.state = State::Ready6;
+                return Ok(());
+            }
+            self.pending = None;
+            self.state = State::Done(Version::V6);
+            return Err(ProtoError::AuthFailed);
+        }
         debug_assert_eq!(self.state, State::AuthPending);
         rfc1929::encode_response(ok, out);
         if ok {
@@ -164,16 +234,68 @@ impl Handshake {
         encode_reply(self.version(), code, bound, out);
     }
 
+    /// [`Handshake::reply`], reporting to a SOCKS 6 client that TCP Fast Open was used towards
+    /// the target with this SYN payload size (0: unspecified). SOCKS4/5 replies ignore it.
+    pub fn reply_fast_open(
+        &self,
+        code: ReplyCode,
+        bound: Option<SocketAddr>,
+        fast_open: Option<u16>,
+        out: &mut Vec<u8>,
+    ) {
+        match self.version() {
+            Version::V6 => socks6::encode_operation_reply(code.into(), bound, fast_open, out),
+            v => encode_reply(v, code, bound, out),
+        }
+    }
+
     /// The version the client spoke, once known (SOCKS5 before the first byte is assumed).
     pub fn version(&self) -> Version {
         match self.state {
             State::Done(v) => v,
             State::Socks4 => Version::V4,
+            State::Socks6 | State::AuthPending6 | State::Ready6 => Version::V6,
             _ => Version::V5,
         }
     }
 
-    fn start(&mut self, rest: &[u8], out: &mut Vec<u8>) -> Result<Option<Step>, ProtoError> {
+    /// Ends a SOCKS 6 request once authenticated: a NOOP is answered here (draft section 7),
+    /// anything else goes to the caller. `n` is what the request took of the input.
+    fn finish6<'a>(
+        &mut self,
+        p: Pending6,
+        n: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<Option<Step<'a>>, ProtoError> {
+        self.state = State::Done(Version::V6);
+        let command = match p.command {
+            Command6::Op(c) => c,
+            Command6::Noop => {
+                socks6::encode_operation_reply(socks6::ReplyCode6::Succeeded, None, None, out);
+                return Err(ProtoError::Noop);
+            }
+        };
+        let request = Request {
+            version: Version::V6,
+            command,
+            target: p.target,
+            userid: None,
+            // Only a CONNECT is followed by initial data (draft section 8.2).
+            initial_data: if command == Command::Connect {
+                p.initial_data
+            } else {
+                0
+            },
+            fast_open: p.fast_open,
+        };
+        Ok(Some(Step::Request(request, n)))
+    }
+
+    fn start<'a>(
+        &mut self,
+        rest: &'a [u8],
+        out: &mut Vec<u8>,
+    ) -> Result<Option<Step<'a>>, ProtoError> {
         let Some(&ver) = rest.first() else {
             return Ok(None);
         };
@@ -224,8 +346,52 @@ impl Handshake {
                     command: req.command,
                     target: req.target,
                     userid: Some(req.userid).filter(|u| !u.is_empty()),
+                    initial_data: 0,
+                    fast_open: false,
                 };
                 Ok(Some(Step::Request(request, n)))
+            }
+            socks6::VERSION if self.policy.allow_socks6 => {
+                let parsed = socks6::parse_request(rest);
+                // Replies from here on are SOCKS 6 replies, errors included.
+                self.state = if matches!(parsed, Ok(None)) {
+                    State::Socks6
+                } else {
+                    State::Done(Version::V6)
+                };
+                let Some((req, n)) = parsed? else {
+                    return Ok(None);
+                };
+                let pending = Pending6 {
+                    command: req.command,
+                    target: req.target,
+                    initial_data: req.initial_data,
+                    fast_open: req.fast_open.is_some_and(|f| f.leg.proxy_remote()),
+                };
+                if let Some(auth) = req.auth {
+                    // Checked whatever the policy, as an open SOCKS5 server checks the
+                    // credentials of a client that insists on sending them.
+                    self.pending = Some(pending);
+                    self.state = State::AuthPending6;
+                    let creds = Credentials {
+                        username: auth.username,
+                        password: auth.password,
+                    };
+                    return Ok(Some(Step::Authenticate(creds, n)));
+                }
+                if self.policy.password_required {
+                    return Err(ProtoError::NoAcceptableMethod);
+                }
+                let reply = AuthReply {
+                    success: true,
+                    selected: None,
+                    password_ok: None,
+                };
+                socks6::encode_auth_reply(&reply, out);
+                self.finish6(pending, n, out)
+            }
+            other if self.policy.allow_socks6 && other != socks6::VERSION => {
+                Err(ProtoError::VersionMismatch(other))
             }
             other => Err(ProtoError::UnsupportedVersion(other)),
         }
@@ -234,8 +400,33 @@ impl Handshake {
     fn fail(&mut self, e: &ProtoError, out: &mut Vec<u8>) {
         let version = self.version();
         self.state = State::Done(version);
+        if version == Version::V6 {
+            // Errors come before the Authentication Reply; a failed one (without a method
+            // to continue with) tells the client to close (draft section 6).
+            let reply = match e.reply() {
+                WireReply::None => return,
+                WireReply::VersionMismatch => return socks6::encode_version_mismatch(out),
+                WireReply::NoAcceptableMethods => AuthReply {
+                    success: false,
+                    selected: Some(socks6::METHOD_NONE_ACCEPTABLE),
+                    password_ok: None,
+                },
+                WireReply::AuthFailure => AuthReply {
+                    success: false,
+                    selected: None,
+                    password_ok: Some(false),
+                },
+                WireReply::Reply(_) => AuthReply {
+                    success: false,
+                    selected: None,
+                    password_ok: None,
+                },
+            };
+            return socks6::encode_auth_reply(&reply, out);
+        }
         match e.reply() {
             WireReply::None => {}
+            WireReply::VersionMismatch => socks6::encode_version_mismatch(out),
             WireReply::NoAcceptableMethods => {
                 socks5::encode_method_selection(socks5::METHOD_NONE_ACCEPTABLE, out)
             }
@@ -245,9 +436,10 @@ impl Handshake {
     }
 }
 
-enum Step {
+enum Step<'a> {
     Consumed(usize),
     Request(Request, usize),
+    Authenticate(Credentials<'a>, usize),
 }
 
 /// Appends a request reply in the given protocol version.
@@ -260,6 +452,7 @@ pub fn encode_reply(
     match version {
         Version::V5 => socks5::encode_reply(code, bound, out),
         Version::V4 => socks4::encode_reply(code.into(), bound, out),
+        Version::V6 => socks6::encode_operation_reply(code.into(), bound, None, out),
     }
 }
 
@@ -271,14 +464,17 @@ mod tests {
     const OPEN: AuthPolicy = AuthPolicy {
         password_required: false,
         allow_socks4: false,
+        allow_socks6: false,
     };
     const USERS: AuthPolicy = AuthPolicy {
         password_required: true,
         allow_socks4: false,
+        allow_socks6: false,
     };
     const USERS_AND_SOCKS4: AuthPolicy = AuthPolicy {
         password_required: true,
         allow_socks4: true,
+        allow_socks6: false,
     };
 
     /// How a driven handshake ended.
@@ -366,6 +562,8 @@ mod tests {
             command,
             target: TargetAddr::Ip(target.parse().unwrap()),
             userid: None,
+            initial_data: 0,
+            fast_open: false,
         }
     }
 
@@ -706,6 +904,8 @@ mod tests {
                 command: Command::Connect,
                 target: TargetAddr::Ip("10.0.0.1:80".parse().unwrap()),
                 userid: Some("bob".into()),
+                initial_data: 0,
+                fast_open: false,
             })
         );
         let run = whole(OPEN, b"\x04\x02\x00\x15\x01\x02\x03\x04\x00");
@@ -716,6 +916,8 @@ mod tests {
                 command: Command::Bind,
                 target: TargetAddr::Ip("1.2.3.4:21".parse().unwrap()),
                 userid: None,
+                initial_data: 0,
+                fast_open: false,
             })
         );
     }
@@ -732,6 +934,8 @@ mod tests {
                 command: Command::Connect,
                 target: TargetAddr::Domain("example.com".into(), 443),
                 userid: None,
+                initial_data: 0,
+                fast_open: false,
             })
         );
     }
@@ -1079,6 +1283,286 @@ mod tests {
                 assert_eq!(reply.code, ReplyCode4::from(code));
                 if code == ReplyCode::Succeeded {
                     assert_eq!(SocketAddr::V4(reply.bound), bound);
+                }
+            }
+        }
+    }
+
+    // ---- SOCKS 6 ----
+
+    const OPEN6: AuthPolicy = AuthPolicy {
+        password_required: false,
+        allow_socks4: false,
+        allow_socks6: true,
+    };
+    const USERS6: AuthPolicy = AuthPolicy {
+        password_required: true,
+        allow_socks4: false,
+        allow_socks6: true,
+    };
+
+    /// Draft section 6: a successful Authentication Reply without options.
+    const AUTH6_OK: &[u8] = &[6, 0, 0, 0];
+    /// Section 9: the RFC 1929 status in an Authentication Data option.
+    const AUTH6_PASSWORD_OK: &[u8] = &[6, 0, 0, 8, 0, 4, 0, 8, 2, 1, 0, 0];
+    const AUTH6_PASSWORD_BAD: &[u8] = &[6, 1, 0, 8, 0, 4, 0, 8, 2, 1, 1, 0];
+    /// Section 8.2: failed, "no acceptable methods" selected.
+    const AUTH6_NO_METHOD: &[u8] = &[6, 1, 0, 8, 0, 3, 0, 8, 0xFF, 0, 0, 0];
+    /// A failed Authentication Reply without options: the client closes.
+    const AUTH6_FAILED: &[u8] = &[6, 1, 0, 0];
+
+    fn v6_request(
+        command: socks6::Command6,
+        target: &str,
+        user: Option<(&[u8], &[u8])>,
+        initial_data: u16,
+        fast_open: bool,
+    ) -> Vec<u8> {
+        let opts = socks6::RequestOptions {
+            initial_data,
+            methods: if user.is_some() { &[2] } else { &[] },
+            userpass: user,
+            fast_open: fast_open.then_some(0),
+        };
+        let mut out = Vec::new();
+        let target = TargetAddr::Ip(target.parse().unwrap());
+        socks6::encode_request(command, &target, &opts, &mut out);
+        out
+    }
+
+    fn connect6(user: Option<(&[u8], &[u8])>, initial_data: u16, fast_open: bool) -> Vec<u8> {
+        let c = Command6::Op(Command::Connect);
+        v6_request(c, "192.0.2.1:443", user, initial_data, fast_open)
+    }
+
+    fn expected6(command: Command, initial_data: u16, fast_open: bool) -> Outcome {
+        Outcome::Request(Request {
+            version: Version::V6,
+            command,
+            target: TargetAddr::Ip("192.0.2.1:443".parse().unwrap()),
+            userid: None,
+            initial_data,
+            fast_open,
+        })
+    }
+
+    #[test]
+    fn socks6_open_connect_with_initial_data() {
+        let req = connect6(None, 5, true);
+        let input = cat(&[&req, b"hello", b"more"]);
+        let run = whole(OPEN6, &input);
+        assert_eq!(run.outcome, expected6(Command::Connect, 5, true));
+        assert_eq!(run.out, AUTH6_OK);
+        // The initial data is left for the caller.
+        assert_eq!(&input[run.consumed..], b"hellomore");
+        assert_eq!(bytewise(OPEN6, &input), run);
+    }
+
+    #[test]
+    fn socks6_password_in_the_request() {
+        let good = connect6(Some((b"alice", b"s3cret")), 0, false);
+        for policy in [USERS6, OPEN6] {
+            let run = whole(policy, &good);
+            assert_eq!(run.outcome, expected6(Command::Connect, 0, false));
+            assert_eq!(run.out, AUTH6_PASSWORD_OK);
+            assert_eq!(run.consumed, good.len());
+            assert_eq!(run.creds, [(b"alice".to_vec(), b"s3cret".to_vec())]);
+        }
+        let bad = connect6(Some((b"alice", b"guess")), 0, false);
+        let run = whole(USERS6, &bad);
+        assert_eq!(run.outcome, Outcome::Err(ProtoError::AuthFailed));
+        assert_eq!(run.out, AUTH6_PASSWORD_BAD);
+        // Users required, no credentials: nothing acceptable.
+        let run = whole(USERS6, &connect6(None, 0, false));
+        assert_eq!(run.outcome, Outcome::Err(ProtoError::NoAcceptableMethod));
+        assert_eq!(run.out, AUTH6_NO_METHOD);
+    }
+
+    #[test]
+    fn socks6_request_step_by_step_with_auth() {
+        let req = connect6(Some((b"alice", b"s3cret")), 3, false);
+        let input = cat(&[&req, b"abc"]);
+        let mut hs = Handshake::new(USERS6);
+        let mut out = Vec::new();
+        assert_eq!(hs.advance(&input[..5], &mut out), Ok((Event::NeedMore, 0)));
+        assert_eq!(hs.version(), Version::V6);
+        let (event, n) = hs.advance(&input, &mut out).unwrap();
+        assert!(matches!(event, Event::Authenticate(_)), "{event:?}");
+        assert_eq!(n, req.len());
+        assert!(out.is_empty());
+        // Nothing moves until the verdict.
+        assert_eq!(hs.advance(b"abc", &mut out), Ok((Event::NeedMore, 0)));
+        hs.authenticated(true, &mut out).unwrap();
+        let (event, m) = hs.advance(b"abc", &mut out).unwrap();
+        assert_eq!(m, 0);
+        let Event::Request(r) = event else {
+            panic!("{event:?}")
+        };
+        assert_eq!((r.version, r.initial_data), (Version::V6, 3));
+        assert_eq!(out, AUTH6_PASSWORD_OK);
+        out.clear();
+        let bound = "198.51.100.1:40000".parse().unwrap();
+        hs.reply(ReplyCode::Succeeded, Some(bound), &mut out);
+        let (reply, k) = socks6::parse_operation_reply(&out).unwrap().unwrap();
+        assert_eq!(
+            (k, reply.code, reply.fast_open),
+            (out.len(), socks6::ReplyCode6::Succeeded, None)
+        );
+        assert_eq!(reply.bound, TargetAddr::Ip(bound));
+        out.clear();
+        hs.reply_fast_open(ReplyCode::Succeeded, Some(bound), Some(0), &mut out);
+        let (reply, _) = socks6::parse_operation_reply(&out).unwrap().unwrap();
+        assert!(reply.fast_open.is_some());
+        out.clear();
+        hs.reply(ReplyCode::ConnectionRefused, None, &mut out);
+        assert_eq!(out, [6, 5, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn socks6_noop_bind_and_udp() {
+        let noop = v6_request(Command6::Noop, "0.0.0.0:0", None, 0, false);
+        let run = whole(OPEN6, &noop);
+        assert_eq!(run.outcome, Outcome::Err(ProtoError::Noop));
+        // Authentication Reply, then the Operation Reply (section 7): the client closes.
+        assert_eq!(
+            run.out,
+            cat(&[AUTH6_OK, &[6, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0]])
+        );
+        let run = whole(USERS6, &noop);
+        assert_eq!(run.outcome, Outcome::Err(ProtoError::NoAcceptableMethod));
+        // Initial data only comes with a CONNECT.
+        for (c, command) in [
+            (Command6::Op(Command::Bind), Command::Bind),
+            (Command6::Op(Command::UdpAssociate), Command::UdpAssociate),
+        ] {
+            let run = whole(OPEN6, &v6_request(c, "192.0.2.1:443", None, 9, false));
+            assert_eq!(run.outcome, expected6(command, 0, false));
+        }
+    }
+
+    #[test]
+    fn socks6_errors_and_version_mismatch() {
+        let mut bad_cmd = connect6(None, 0, false);
+        bad_cmd[1] = 4;
+        let mut bad_opts = connect6(None, 0, false);
+        bad_opts[3] = 2;
+        let bad_auth = connect6(Some((b"", b"x")), 0, false);
+        let cases: &[(&[u8], ProtoError, &[u8])] = &[
+            (&bad_cmd, ProtoError::UnknownCommand(4), AUTH6_FAILED),
+            (&bad_opts, ProtoError::BadOptionsLength(2), AUTH6_FAILED),
+            (&bad_auth, ProtoError::EmptyUsername, AUTH6_PASSWORD_BAD),
+            (
+                b"GET / HTTP/1.1\r\n",
+                ProtoError::VersionMismatch(b'G'),
+                &[6],
+            ),
+            (&[7, 1], ProtoError::VersionMismatch(7), &[6]),
+        ];
+        for (input, err, out) in cases {
+            for policy in [OPEN6, USERS6] {
+                let run = whole(policy, input);
+                assert_eq!(run.outcome, Outcome::Err(err.clone()), "{input:?}");
+                assert_eq!(run.out, *out, "{input:?}");
+            }
+        }
+        // SOCKS4 and SOCKS5 are untouched by SOCKS 6 being on.
+        let run = whole(OPEN6, &cat(&[GREET_NOAUTH, CONNECT_V4]));
+        assert_eq!(
+            run.outcome,
+            Outcome::Request(v5_request(Command::Connect, "127.0.0.1:80"))
+        );
+        // Off: version 6 is unsupported, closed without a reply.
+        let run = whole(OPEN, &connect6(None, 0, false));
+        assert_eq!(run.outcome, Outcome::Err(ProtoError::UnsupportedVersion(6)));
+        assert!(run.out.is_empty());
+    }
+
+    #[test]
+    fn socks6_client_server_pair() {
+        for (policy, user, ok) in [
+            (OPEN6, None, true),
+            (USERS6, Some((&b"alice"[..], &b"s3cret"[..])), true),
+            (USERS6, Some((&b"alice"[..], &b"nope"[..])), false),
+        ] {
+            let wire = connect6(user, 0, true);
+            let mut hs = Handshake::new(policy);
+            let mut back = Vec::new();
+            let (mut event, n) = hs.advance(&wire, &mut back).unwrap();
+            assert_eq!(n, wire.len());
+            if let Event::Authenticate(c) = event {
+                let verdict = hs.authenticated(check(c.username, c.password), &mut back);
+                assert_eq!(verdict.is_ok(), ok);
+                let (reply, _) = socks6::parse_auth_reply(&back).unwrap().unwrap();
+                assert_eq!((reply.success, reply.password_ok), (ok, Some(ok)));
+                if !ok {
+                    continue;
+                }
+                event = hs.advance(&[], &mut back).unwrap().0;
+            }
+            let Event::Request(req) = event else {
+                panic!("{event:?}")
+            };
+            assert!(req.fast_open);
+            let (auth, m) = socks6::parse_auth_reply(&back).unwrap().unwrap();
+            assert!(auth.success);
+            back.drain(..m);
+            hs.reply_fast_open(ReplyCode::Succeeded, None, Some(0), &mut back);
+            let (reply, k) = socks6::parse_operation_reply(&back).unwrap().unwrap();
+            assert_eq!(k, back.len());
+            assert_eq!(reply.code, socks6::ReplyCode6::Succeeded);
+        }
+    }
+
+    /// SOCKS 6 inputs covering the paths above.
+    fn transcripts6() -> Vec<(AuthPolicy, Vec<u8>)> {
+        let user = Some((&b"alice"[..], &b"s3cret"[..]));
+        let bad = Some((&b"alice"[..], &b"x"[..]));
+        let noop = v6_request(Command6::Noop, "[::]:0", None, 0, false);
+        let mut bad_pad = connect6(None, 0, false);
+        bad_pad[6] = 1;
+        vec![
+            (OPEN6, cat(&[&connect6(None, 4, true), b"data"])),
+            (USERS6, cat(&[&connect6(user, 2, false), b"hi"])),
+            (USERS6, connect6(bad, 0, false)),
+            (USERS6, connect6(None, 0, false)),
+            (OPEN6, noop),
+            (OPEN6, bad_pad),
+            (OPEN6, b"\x07abc".to_vec()),
+            (OPEN, connect6(None, 0, false)),
+            (OPEN6, connect6(user, 0, true)[..20].to_vec()),
+        ]
+    }
+
+    #[test]
+    fn socks6_byte_at_a_time_matches_whole_buffer() {
+        for (policy, input) in transcripts6() {
+            let expected = whole(policy, &input);
+            assert_eq!(bytewise(policy, &input), expected, "{input:?}");
+            for k in 0..=input.len() {
+                let (a, b) = input.split_at(k);
+                assert_eq!(drive(policy, [a, b]), expected, "{input:?} split at {k}");
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// Any bytes after a SOCKS 6 version byte: the outcome does not depend on how they
+        /// arrive, and an error's reply is a SOCKS 6 Authentication Reply.
+        #[test]
+        fn socks6_arbitrary_input_split_anyhow(
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..48),
+            users in proptest::prelude::any::<bool>(),
+            at in proptest::prelude::any::<proptest::sample::Index>(),
+        ) {
+            let policy = if users { USERS6 } else { OPEN6 };
+            let input = cat(&[&[6], &body]);
+            let expected = whole(policy, &input);
+            proptest::prop_assert_eq!(&bytewise(policy, &input), &expected);
+            let (a, b) = input.split_at(at.index(input.len() + 1));
+            proptest::prop_assert_eq!(&drive(policy, [a, b]), &expected);
+            if let Outcome::Err(e) = &expected.outcome {
+                if *e != ProtoError::Noop {
+                    proptest::prop_assert_eq!(expected.out.get(..2), Some(&[6, 1][..]));
                 }
             }
         }

@@ -3,8 +3,8 @@
 //! Every parser takes borrowed bytes and returns `Ok(None)` when it needs more input,
 //! `Ok(Some((message, consumed)))` when a whole message was read, and `Err` when the bytes are
 //! malformed. Encoders append to a buffer the caller owns. [`Handshake`] drives the server side
-//! of SOCKS4, SOCKS4a and SOCKS5 (with RFC 1929 username/password) on top of these parsers and
-//! hands the parsed request back to the caller, which decides what to reply.
+//! of SOCKS4, SOCKS4a, SOCKS5 (with RFC 1929 username/password) and SOCKS 6 on top of these
+//! parsers and hands the parsed request back to the caller, which decides what to reply.
 
 mod addr;
 mod error;
@@ -13,6 +13,7 @@ pub mod proxy;
 pub mod rfc1929;
 pub mod socks4;
 pub mod socks5;
+pub mod socks6;
 pub mod udp;
 pub mod upstream;
 
@@ -31,6 +32,8 @@ pub enum Version {
     V4,
     /// SOCKS5, RFC 1928.
     V5,
+    /// SOCKS 6, draft-olteanu-intarea-socks-6-11.
+    V6,
 }
 
 /// The command of a request (RFC 1928 section 4; SOCKS4 has the first two).

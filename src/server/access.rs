@@ -44,6 +44,7 @@ impl Access {
             auth: AuthPolicy {
                 password_required: !config.users.is_empty(),
                 allow_socks4: config.allow_socks4,
+                allow_socks6: config.socks6,
             },
             bandwidth: Arc::new(Bandwidth::reusing(
                 config.bandwidth.0,

@@ -161,6 +161,8 @@ async fn serve_map<N: Net>(
         command: Command::Connect,
         target: ctx.config.maps[map as usize].target.clone(),
         userid: None,
+        initial_data: 0,
+        fast_open: false,
     };
     let mut log = AccessLog {
         peer,
@@ -298,6 +300,12 @@ async fn serve<N: Net, C: Stream>(ctx: &WorkerCtx, access: Arc<Access>, client: 
         }
     };
 
+    if request.version == Version::V6 && request.command != Command::Connect {
+        // SOCKS 6 BIND and UDP ASSOCIATE have messages of their own that are not implemented.
+        let code = ReplyCode::CommandNotSupported;
+        let why = "SOCKS 6 BIND and UDP ASSOCIATE are not supported";
+        return refuse(&client, Some(&hs), out, &log, code, why).await;
+    }
     match request.command {
         Command::Connect => {}
         Command::UdpAssociate => {
@@ -317,9 +325,10 @@ async fn serve<N: Net, C: Stream>(ctx: &WorkerCtx, access: Arc<Access>, client: 
     let tap = Tap {
         bandwidth: bandwidth.as_deref(),
     };
-    // Bytes the client pipelined after its request go to the target first.
+    // Bytes the client pipelined after its request go to the target first; SOCKS 6 initial
+    // data (read in full by the handshake) ahead of them, in the SYN.
     buf.drain(..consumed);
-    let first = Vec::new();
+    let first: Vec<u8> = buf.drain(..request.initial_data as usize).collect();
     let outbound = Outbound {
         hs: Some(&hs),
         out,
@@ -392,6 +401,7 @@ async fn connect_and_relay<N: Net, C: Stream>(
             tap,
             sent_first: 0,
             deferred: false,
+            fast_open: None,
         };
         return match reached.stream {
             Upstream::Plain(t) => tunnel(ctx, client, t, bound, opened).await,
@@ -450,6 +460,10 @@ async fn connect_and_relay<N: Net, C: Stream>(
     };
     // A Fast Open connect that is still deferred: the SYN waits for the client's first bytes.
     let deferred = first.is_empty() && opts.fast_open && !stream_established(&stream);
+    // A SOCKS 6 client that asked for Fast Open on the proxy-server leg is told when its
+    // initial data went in the SYN.
+    let fast_open =
+        (log.request.fast_open && syn_data_acked(&stream)).then_some(first.len() as u16);
     let opened = Tunnel {
         hs,
         out,
@@ -460,6 +474,7 @@ async fn connect_and_relay<N: Net, C: Stream>(
         tap,
         sent_first: first.len() as u64,
         deferred,
+        fast_open,
     };
     if !first.is_empty() {
         ctx.metrics.bytes_up.add(first.len() as u64);
@@ -484,6 +499,9 @@ struct Tunnel<'a> {
     /// The outbound connect is a deferred Fast Open one: after the reply, the client's first
     /// bytes go in its SYN (`--upstream-fastopen`).
     deferred: bool,
+    /// SOCKS 6: the initial data went in the SYN (this many bytes), for the reply's TCP Fast
+    /// Open stack option.
+    fast_open: Option<u16>,
 }
 
 /// Replies with success and relays. BND.ADDR/BND.PORT is the address the proxy uses on the
@@ -505,10 +523,11 @@ async fn tunnel<C: Stream, T: Stream>(
         tap,
         mut sent_first,
         deferred,
+        fast_open,
     } = t;
     if let Some(hs) = hs {
         let bound = bound.or_else(|| target.local_addr().ok());
-        hs.reply(ReplyCode::Succeeded, bound, &mut out);
+        hs.reply_fast_open(ReplyCode::Succeeded, bound, fast_open, &mut out);
     }
     if !early.is_empty() {
         ctx.metrics.bytes_down.add(early.len() as u64);
@@ -553,6 +572,24 @@ fn stream_established<S: Stream>(s: &S) -> bool {
         )
     };
     r == 0
+}
+
+/// Whether the data a connection's SYN carried was acknowledged (TCPI_OPT_SYN_DATA).
+fn syn_data_acked<S: Stream>(s: &S) -> bool {
+    let mut info = [0u8; 8];
+    let mut len = info.len() as libc::socklen_t;
+    // Safety: a live descriptor and a buffer of `len` bytes (the kernel copies at most that).
+    let r = unsafe {
+        libc::getsockopt(
+            s.raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr() as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    // struct tcp_info: state, ca_state, retransmits, probes, backoff, options.
+    r == 0 && len >= 6 && info[5] & 0x20 != 0
 }
 
 /// `--upstream-fastopen` after the reply: waits (briefly) for the client's first bytes and
@@ -811,6 +848,21 @@ async fn handshake<S: Stream>(
         consumed += n;
         match event {
             Event::Request(request) => {
+                // SOCKS 6 initial data follows the request at once: all of it is read now, so
+                // it can ride in the outbound SYN.
+                let want = consumed + request.initial_data as usize;
+                while buf.len() < want {
+                    buf.reserve(want - buf.len());
+                    let r = match client.try_read(&mut buf) {
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            let (r, b) = client.read(buf).await;
+                            buf = b;
+                            r
+                        }
+                        r => r,
+                    };
+                    read_some(r)?;
+                }
                 return Ok(Handshaken {
                     hs,
                     request,
@@ -818,7 +870,7 @@ async fn handshake<S: Stream>(
                     buf,
                     consumed,
                     out,
-                })
+                });
             }
             Event::Authenticate(creds) => {
                 let name = String::from_utf8_lossy(creds.username).into_owned();
@@ -936,6 +988,11 @@ fn lockout_warning(ctx: &WorkerCtx, peer: SocketAddr) {
 }
 
 fn log_handshake_failure(ctx: &WorkerCtx, peer: SocketAddr, e: &SessionError) {
+    if let SessionError::Proto(ProtoError::Noop) = e {
+        // A SOCKS 6 NOOP was answered: a probe, not a failure.
+        debug!(client = %peer, "SOCKS 6 NOOP answered");
+        return;
+    }
     ctx.metrics.handshake_failed(e.reason());
     match e {
         SessionError::ClientClosed => debug!(client = %peer, "handshake: {e}"),
