@@ -46,7 +46,7 @@ pub enum Direction {
     Both,
 }
 
-/// Load generator for SOCKS4/4a/5 proxies.
+/// Load generator for SOCKS4/4a/5/6 proxies.
 ///
 /// Examples:
 ///   ringsocks-load cps --proxy socks5://127.0.0.1:1080 -c 64 -d 10s
@@ -59,7 +59,9 @@ pub struct Args {
     #[arg(value_enum)]
     pub scenario: Scenario,
 
-    /// Proxy URL: socks5://[user:pass@]host:port, socks4://host:port, socks4a://host:port or direct.
+    /// Proxy URL: socks5://[user:pass@]host:port, socks5+pipe://..., socks6://[user:pass@]host:port
+    /// (SOCKS 6, draft-11, first payload sent as initial data), socks4://host:port,
+    /// socks4a://host:port or direct.
     #[arg(short, long, default_value = "direct")]
     pub proxy: String,
 
@@ -89,7 +91,7 @@ pub struct Args {
     pub target_bind: SocketAddr,
 
     /// Ask the proxy to resolve this host name instead of sending the target's IP
-    /// (SOCKS4a/SOCKS5 domain address type).
+    /// (SOCKS4a/SOCKS5/SOCKS6 domain address type).
     #[arg(long)]
     pub target_name: Option<String>,
 

@@ -35,7 +35,13 @@ pub enum Fail {
     Socks5Reply(u8),
     #[error("SOCKS4 reply {0:#04x} ({name})", name = socks4_reply_name(*.0))]
     Socks4Reply(u8),
-    #[error("SOCKS5 authentication rejected (status {0:#04x})")]
+    #[error("SOCKS6 operation reply {0:#04x} ({name})", name = socks6_reply_name(*.0))]
+    Socks6Reply(u8),
+    #[error("proxy refused socks6 (version mismatch reply, other version, or closed)")]
+    Socks6Refused,
+    #[error("SOCKS6 authentication failed (authentication reply type {0:#04x})")]
+    Socks6AuthFailed(u8),
+    #[error("username/password authentication rejected (status {0:#04x})")]
     AuthRejected(u8),
     #[error("SOCKS5 server accepted none of the offered methods (answered {0:#04x})")]
     NoAcceptableMethod(u8),
@@ -60,6 +66,10 @@ pub enum FailKind {
     Socks5Reply(u8),
     /// SOCKS4 reply code != 0x5a.
     Socks4Reply(u8),
+    /// SOCKS6 operation reply code != 0.
+    Socks6Reply(u8),
+    /// The proxy does not speak SOCKS 6.
+    Socks6Refused,
     Auth,
     Protocol,
     ConnectRefused,
@@ -77,7 +87,11 @@ impl Fail {
         match self {
             Fail::Socks5Reply(c) => FailKind::Socks5Reply(*c),
             Fail::Socks4Reply(c) => FailKind::Socks4Reply(*c),
-            Fail::AuthRejected(_) | Fail::NoAcceptableMethod(_) => FailKind::Auth,
+            Fail::Socks6Reply(c) => FailKind::Socks6Reply(*c),
+            Fail::Socks6Refused => FailKind::Socks6Refused,
+            Fail::AuthRejected(_) | Fail::NoAcceptableMethod(_) | Fail::Socks6AuthFailed(_) => {
+                FailKind::Auth
+            }
             Fail::Protocol(_) => FailKind::Protocol,
             Fail::Connect(e) => match e.kind() {
                 io::ErrorKind::ConnectionRefused => FailKind::ConnectRefused,
@@ -110,6 +124,8 @@ impl fmt::Display for FailKind {
         match self {
             FailKind::Socks5Reply(c) => write!(f, "socks5_reply_{c:02x}_{}", socks5_reply_name(*c)),
             FailKind::Socks4Reply(c) => write!(f, "socks4_reply_{c:02x}"),
+            FailKind::Socks6Reply(c) => write!(f, "socks6_reply_{c:02x}_{}", socks6_reply_name(*c)),
+            FailKind::Socks6Refused => f.write_str("socks6_refused"),
             FailKind::Auth => f.write_str("auth"),
             FailKind::Protocol => f.write_str("protocol"),
             FailKind::ConnectRefused => f.write_str("connect_refused"),
@@ -140,6 +156,14 @@ pub fn socks5_reply_name(code: u8) -> &'static str {
     }
 }
 
+/// SOCKS 6 Operation Reply codes: SOCKS 5's, plus 0x09 "connection attempt timed out".
+pub fn socks6_reply_name(code: u8) -> &'static str {
+    match code {
+        0x09 => "timed_out",
+        c => socks5_reply_name(c),
+    }
+}
+
 pub fn socks4_reply_name(code: u8) -> &'static str {
     match code {
         0x5a => "granted",
@@ -166,5 +190,10 @@ mod tests {
             Fail::Socks5Reply(5).kind().to_string(),
             "socks5_reply_05_connection_refused"
         );
+        assert_eq!(
+            Fail::Socks6Reply(9).kind().to_string(),
+            "socks6_reply_09_timed_out"
+        );
+        assert_eq!(Fail::Socks6Refused.kind().to_string(), "socks6_refused");
     }
 }

@@ -1,4 +1,4 @@
-//! `ringsocks-load`: a load generator for SOCKS4/4a/5 proxies.
+//! `ringsocks-load`: a load generator for SOCKS4/4a/5/6 proxies.
 //!
 //! The binary is a thin wrapper around [`run`], which tests drive in-process. See the crate's
 //! README.md for usage and for the benchmark report made with it.
@@ -59,6 +59,9 @@ pub fn emit(report: &Report, args: &Args, out: &mut dyn Write) -> Result<(), Loa
                 &with_suffix(&p, "handshake"),
                 &report::hgrm(&row.hist_handshake),
             )?;
+            if !row.hist_ttfb.is_empty() {
+                write_file(&with_suffix(&p, "ttfb"), &report::hgrm(&row.hist_ttfb))?;
+            }
         }
     }
     if let (Some(path), Some(s)) = (&args.plot, &summary) {

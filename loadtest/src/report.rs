@@ -62,6 +62,9 @@ pub struct Latencies {
     pub handshake: Percentiles,
     /// Whole iteration (cps), round trip (rps, udp), keepalive round trip (hold).
     pub iteration: Percentiles,
+    /// cps: time to first byte, from the intended start (closed loop: the start of the TCP
+    /// connect) to the first byte of the target's response. Empty for other scenarios.
+    pub ttfb: Percentiles,
 }
 
 /// One run of one scenario against one proxy.
@@ -113,6 +116,8 @@ pub struct RunResult {
     pub hist_handshake: Histogram<u64>,
     #[serde(skip)]
     pub hist_iteration: Histogram<u64>,
+    #[serde(skip)]
+    pub hist_ttfb: Histogram<u64>,
 }
 
 impl RunResult {
@@ -151,6 +156,9 @@ pub struct CompareRow {
     pub iteration_p50_us: f64,
     pub iteration_p99_us: f64,
     pub iteration_p999_us: f64,
+    /// cps: time to first response byte (0 for other scenarios).
+    pub ttfb_p50_us: f64,
+    pub ttfb_p99_us: f64,
     pub error_rate: f64,
     pub generator_cpu_pct: f64,
     pub proxy_cpu_pct: Option<f64>,
@@ -164,6 +172,8 @@ pub struct CompareRow {
     pub hist_iteration: Histogram<u64>,
     #[serde(skip)]
     pub hist_handshake: Histogram<u64>,
+    #[serde(skip)]
+    pub hist_ttfb: Histogram<u64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -237,9 +247,11 @@ pub fn summarize(runs: &[RunResult]) -> Option<CompareSummary> {
         let rs: Vec<&RunResult> = runs.iter().filter(|r| r.name == name).collect();
         let mut hi = new_histogram();
         let mut hh = new_histogram();
+        let mut ht = new_histogram();
         for r in &rs {
             let _ = hi.add(&r.hist_iteration);
             let _ = hh.add(&r.hist_handshake);
+            let _ = ht.add(&r.hist_ttfb);
         }
         rows.push(CompareRow {
             name: name.to_string(),
@@ -253,6 +265,8 @@ pub fn summarize(runs: &[RunResult]) -> Option<CompareSummary> {
             iteration_p50_us: median_of(&rs, |r| r.latency_us.iteration.p50 as f64),
             iteration_p99_us: median_of(&rs, |r| r.latency_us.iteration.p99 as f64),
             iteration_p999_us: median_of(&rs, |r| r.latency_us.iteration.p999 as f64),
+            ttfb_p50_us: median_of(&rs, |r| r.latency_us.ttfb.p50 as f64),
+            ttfb_p99_us: median_of(&rs, |r| r.latency_us.ttfb.p99 as f64),
             error_rate: median_of(&rs, |r| r.error_rate),
             generator_cpu_pct: median_of(&rs, |r| r.cpu.generator_pct),
             proxy_cpu_pct: median_opt(&rs, |r| r.cpu.proxy_pct),
@@ -263,6 +277,7 @@ pub fn summarize(runs: &[RunResult]) -> Option<CompareSummary> {
             fds_per_tunnel: median_opt(&rs, |r| r.hold.as_ref()?.fds_per_tunnel),
             hist_iteration: hi,
             hist_handshake: hh,
+            hist_ttfb: ht,
         });
     }
     let base = rows[0].headline;
@@ -449,6 +464,7 @@ pub fn render_run(r: &RunResult) -> String {
     };
     for (label, p) in [
         ("handshake", &r.latency_us.handshake),
+        ("ttfb", &r.latency_us.ttfb),
         (iter_label, &r.latency_us.iteration),
     ] {
         if p.count == 0 {

@@ -470,6 +470,7 @@ fn run_one(
         latency_us: Latencies {
             handshake: Percentiles::of(&stats.handshake),
             iteration: Percentiles::of(&stats.iteration),
+            ttfb: Percentiles::of(&stats.ttfb),
         },
         cpu,
         loadavg_before,
@@ -480,6 +481,7 @@ fn run_one(
         },
         hist_handshake: stats.handshake,
         hist_iteration: stats.iteration,
+        hist_ttfb: stats.ttfb,
     })
 }
 

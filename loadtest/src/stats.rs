@@ -120,6 +120,8 @@ pub struct ThreadStats {
     pub handshake: Histogram<u64>,
     /// Whole iteration (cps), round trip (rps, udp, hold keepalives).
     pub iteration: Histogram<u64>,
+    /// cps: from the intended start to the first byte of the target's response.
+    pub ttfb: Histogram<u64>,
     pub successes: u64,
     pub errors: ErrorCounts,
     /// Payload bytes written / read by successful iterations (cps, rps, udp) or by all tunnels
@@ -146,6 +148,7 @@ impl Default for ThreadStats {
         ThreadStats {
             handshake: new_histogram(),
             iteration: new_histogram(),
+            ttfb: new_histogram(),
             successes: 0,
             errors: ErrorCounts::default(),
             bytes_sent: 0,
@@ -176,6 +179,7 @@ impl ThreadStats {
         // Both histograms have identical bounds, so adding cannot fail.
         let _ = self.handshake.add(&o.handshake);
         let _ = self.iteration.add(&o.iteration);
+        let _ = self.ttfb.add(&o.ttfb);
         self.successes += o.successes;
         self.errors.merge(&o.errors);
         self.bytes_sent += o.bytes_sent;

@@ -61,7 +61,7 @@ fn every_scenario_through_ringsocks() {
     };
     let (server, port) = start(&bin);
     let pid = server.0.id().to_string();
-    for scheme in ["socks5", "socks4", "socks4a"] {
+    for scheme in ["socks5", "socks4", "socks4a", "socks6"] {
         let url = format!("{scheme}://127.0.0.1:{port}");
         for scenario in ["cps", "rps"] {
             let r = one(&[scenario, "-p", &url, "-c", "4"]);
@@ -70,13 +70,16 @@ fn every_scenario_through_ringsocks() {
             assert_eq!(r.bytes_sent, r.bytes_received);
         }
     }
+    for scheme in ["socks5", "socks6"] {
+        let url = format!("{scheme}://127.0.0.1:{port}");
+        let r = one(&["throughput", "-p", &url, "-c", "2"]);
+        assert!(
+            r.throughput.as_ref().unwrap().byte_exact,
+            "{scheme}: {:?}",
+            r.first_errors
+        );
+    }
     let url = format!("socks5://127.0.0.1:{port}");
-    let r = one(&["throughput", "-p", &url, "-c", "2"]);
-    assert!(
-        r.throughput.as_ref().unwrap().byte_exact,
-        "{:?}",
-        r.first_errors
-    );
     let r = one(&[
         "hold",
         "-p",

@@ -2,14 +2,16 @@
 //! minimal SOCKS5 server written here, and checks that the counts add up.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use clap::Parser;
 use ringsocks_load::{run, Args, Report, RunResult};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
-/// A minimal SOCKS server (SOCKS5 without auth: CONNECT and UDP ASSOCIATE; SOCKS4/4a CONNECT)
-/// on its own thread.
+/// A minimal SOCKS server (SOCKS5 without auth: CONNECT and UDP ASSOCIATE; SOCKS4/4a CONNECT;
+/// SOCKS6 CONNECT with initial data, without auth or with user "u", password "p") on its own
+/// thread.
 fn mini_socks5() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.set_nonblocking(true).unwrap();
@@ -84,11 +86,86 @@ async fn socks4(mut c: TcpStream, cmd: u8) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Initial data bytes the mini server received in SOCKS6 requests.
+static SOCKS6_INITIAL: AtomicU64 = AtomicU64::new(0);
+
+/// SOCKS6 (draft-11) CONNECT, IPv4 only: request, initial data, Authentication Reply,
+/// Operation Reply, then relay.
+async fn socks6(mut c: TcpStream, cmd: u8) -> std::io::Result<()> {
+    let mut h = [0u8; 6];
+    c.read_exact(&mut h).await?;
+    let olen = u16::from_be_bytes([h[0], h[1]]) as usize;
+    let dst = read_addr6(&mut c, h[5], u16::from_be_bytes([h[2], h[3]])).await?;
+    let mut opts = vec![0u8; olen];
+    c.read_exact(&mut opts).await?;
+    let (mut idl, mut login, mut rest) = (0usize, None, &opts[..]);
+    while rest.len() >= 4 {
+        let kind = u16::from_be_bytes([rest[0], rest[1]]);
+        let len = u16::from_be_bytes([rest[2], rest[3]]) as usize;
+        assert!(
+            len >= 4 && len % 4 == 0 && len <= rest.len(),
+            "bad option length"
+        );
+        let d = &rest[4..len];
+        match kind {
+            2 => idl = u16::from_be_bytes([d[0], d[1]]) as usize,
+            4 if d[0] == 2 => {
+                let u = &d[3..3 + d[2] as usize];
+                let p = &d[4 + u.len()..4 + u.len() + d[3 + u.len()] as usize];
+                login = Some(u == b"u" && p == b"p");
+            }
+            _ => {}
+        }
+        rest = &rest[len..];
+    }
+    let mut early = vec![0u8; idl];
+    c.read_exact(&mut early).await?;
+    SOCKS6_INITIAL.fetch_add(idl as u64, Ordering::Relaxed);
+    let auth_reply: Vec<u8> = match login {
+        None => vec![6, 0, 0, 0],
+        Some(ok) => vec![6, !ok as u8, 0, 8, 0, 4, 0, 8, 2, 1, !ok as u8, 0],
+    };
+    c.write_all(&auth_reply).await?;
+    if login == Some(false) {
+        return Ok(());
+    }
+    let op = |code: u8, a: SocketAddr| {
+        let mut r = vec![6, code, 0, 0];
+        r.extend_from_slice(&a.port().to_be_bytes());
+        r.extend_from_slice(&[0, 1]);
+        match a {
+            SocketAddr::V4(v4) => r.extend_from_slice(&v4.ip().octets()),
+            SocketAddr::V6(_) => r.extend_from_slice(&[0; 4]),
+        }
+        r
+    };
+    match TcpStream::connect(dst).await {
+        Ok(mut up) if cmd == 1 => {
+            up.write_all(&early).await?;
+            c.write_all(&op(0, up.local_addr()?)).await?;
+            tokio::io::copy_bidirectional(&mut c, &mut up).await?;
+        }
+        Ok(_) => c.write_all(&op(7, dst)).await?,
+        Err(_) => c.write_all(&op(5, dst)).await?,
+    }
+    Ok(())
+}
+
+async fn read_addr6(s: &mut TcpStream, atyp: u8, port: u16) -> std::io::Result<SocketAddr> {
+    assert_eq!(atyp, 1, "mini server speaks IPv4 only");
+    let mut b = [0u8; 4];
+    s.read_exact(&mut b).await?;
+    Ok(SocketAddr::from((b, port)))
+}
+
 async fn session(mut c: TcpStream) -> std::io::Result<()> {
     let mut h = [0u8; 2];
     c.read_exact(&mut h).await?;
     if h[0] == 4 {
         return socks4(c, h[1]).await;
+    }
+    if h[0] == 6 {
+        return socks6(c, h[1]).await;
     }
     let mut m = vec![0u8; h[1] as usize];
     c.read_exact(&mut m).await?;
@@ -214,6 +291,101 @@ fn cps_and_rps_count_up_direct_and_via_socks5() {
     check_counts(&r);
     assert_eq!(r.bytes_received, r.successes * 3000);
     assert_eq!(r.bytes_sent, r.successes * 100);
+}
+
+#[test]
+fn socks6_with_initial_data_in_every_scenario() {
+    let addr = mini_socks5();
+    let me = std::process::id().to_string();
+    for url in [format!("socks6://{addr}"), format!("socks6://u:p@{addr}")] {
+        let before = SOCKS6_INITIAL.load(Ordering::Relaxed);
+        let r = one(&["cps", "-p", &url, "-c", "2", "-d", "500ms", "-w", "0"]);
+        check_counts(&r);
+        assert_eq!(r.bytes_sent, r.successes * 64);
+        assert_eq!(r.bytes_sent, r.bytes_received);
+        assert_eq!(r.latency_us.ttfb.count, r.successes);
+        assert!(r.latency_us.ttfb.p50 <= r.latency_us.iteration.p50);
+        // Each request went out as initial data (64 bytes per tunnel, warmup-free run).
+        assert!(SOCKS6_INITIAL.load(Ordering::Relaxed) - before >= r.successes * 64);
+        let r = one(&["rps", "-p", &url, "-c", "2", "-d", "500ms", "-w", "0"]);
+        check_counts(&r);
+        assert_eq!(r.latency_us.ttfb.count, 0, "ttfb is a cps figure");
+        let r = one(&[
+            "throughput",
+            "-p",
+            &url,
+            "-c",
+            "2",
+            "-d",
+            "500ms",
+            "-w",
+            "0",
+        ]);
+        check_counts(&r);
+        assert!(r.throughput.as_ref().unwrap().byte_exact);
+        let r = one(&[
+            "hold",
+            "-p",
+            &url,
+            "-c",
+            "8",
+            "-r",
+            "100",
+            "-d",
+            "500ms",
+            "--keepalive",
+            "200ms",
+            "--proxy-pid",
+            &me,
+        ]);
+        check_counts(&r);
+        assert_eq!(r.hold.as_ref().unwrap().held, 8);
+    }
+    // A wrong password is counted as an auth error.
+    let r = go(&[
+        "cps",
+        "-p",
+        &format!("socks6://u:x@{addr}"),
+        "-c",
+        "1",
+        "-d",
+        "300ms",
+        "-w",
+        "0",
+        "--max-error-rate",
+        "1",
+    ]);
+    assert!(
+        r.runs[0].errors_by_kind.contains_key("auth"),
+        "{:?}",
+        r.runs[0].errors_by_kind
+    );
+    // A proxy that answers SOCKS6 with the Version Mismatch Reply and closes.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let refusing = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            let mut s = s;
+            let _ = std::io::Write::write_all(&mut s, &[6]);
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    });
+    let r = go(&[
+        "cps",
+        "-p",
+        &format!("socks6://{refusing}"),
+        "-c",
+        "1",
+        "-d",
+        "300ms",
+        "-w",
+        "0",
+        "--max-error-rate",
+        "1",
+    ]);
+    let kinds = &r.runs[0].errors_by_kind;
+    assert!(kinds.contains_key("socks6_refused"), "{kinds:?}");
+    assert_eq!(r.runs[0].successes, 0);
 }
 
 #[test]

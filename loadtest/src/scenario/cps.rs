@@ -1,4 +1,7 @@
-//! `cps`: every iteration opens a new tunnel, does one request/response and closes it.
+//! `cps`: every iteration opens a new tunnel, does one request/response and closes it. The
+//! request goes out as SOCKS 6 initial data with `socks6://` proxies. Besides the handshake and
+//! the whole iteration, each iteration's time to first byte is recorded: from its intended
+//! start (in closed loop: the start of the TCP connect) to the first byte of the response.
 
 use std::time::Instant;
 
@@ -7,7 +10,7 @@ use tokio::io::AsyncReadExt;
 use super::{bounded, round_trip, rr_request, Ctx, Shared};
 use crate::cli::Close;
 use crate::error::Fail;
-use crate::socks::open_tunnel;
+use crate::socks::open_tunnel_early;
 use crate::stats::{record, Live};
 
 pub async fn slot(ctx: &Ctx, slot: usize, stats: &Shared) {
@@ -23,9 +26,9 @@ pub async fn slot(ctx: &Ctx, slot: usize, stats: &Shared) {
         };
         let started = Instant::now();
         let iteration = async {
-            let mut s = open_tunnel(&ctx.proxy, &ctx.dest).await?;
+            let (mut s, early) = open_tunnel_early(&ctx.proxy, &ctx.dest, &req).await?;
             let handshake = intended.elapsed();
-            round_trip(&mut s, &req, resp_len, &mut buf).await?;
+            let first = round_trip(&mut s, &req[early..], resp_len, &mut buf).await?;
             if server_closes {
                 // The iteration ends when the server's close has come through the tunnel.
                 let mut extra = [0u8; 1];
@@ -34,7 +37,7 @@ pub async fn slot(ctx: &Ctx, slot: usize, stats: &Shared) {
                 }
             }
             drop(s);
-            Ok::<_, Fail>(handshake)
+            Ok::<_, Fail>((handshake, first))
         };
         let Some(res) = bounded(ctx, iteration).await else {
             break;
@@ -42,11 +45,14 @@ pub async fn slot(ctx: &Ctx, slot: usize, stats: &Shared) {
         let done = Instant::now();
         let measured = ctx.measured(started);
         match res {
-            Ok(hs) => {
+            Ok((hs, first)) => {
                 Live::add(&ctx.live.ok, 1);
                 if measured {
                     let mut st = stats.borrow_mut();
                     record(&mut st.handshake, hs);
+                    if let Some(t) = first {
+                        record(&mut st.ttfb, t - intended);
+                    }
                     record(&mut st.iteration, done - intended);
                     st.successes += 1;
                     st.bytes_sent += req.len() as u64;

@@ -10,21 +10,28 @@ use tokio::net::TcpStream;
 
 use super::{Ctx, Shared};
 use crate::error::Fail;
-use crate::socks::open_tunnel;
+use crate::socks::open_tunnel_early;
 use crate::stats::{record, Live};
 use crate::target::MODE_ECHO;
 
 /// Default ramp rate when `--rate` is not given, tunnels per second.
 pub const DEFAULT_RAMP_RATE: f64 = 2000.0;
 
-async fn ping(s: &mut TcpStream, byte: u8) -> Result<(), Fail> {
-    s.write_all(&[byte]).await?;
+/// Send `byte` (unless it already went out as SOCKS 6 initial data) and read its echo.
+async fn ping_sent(s: &mut TcpStream, byte: u8, sent: bool) -> Result<(), Fail> {
+    if !sent {
+        s.write_all(&[byte]).await?;
+    }
     let mut b = [0u8; 1];
     s.read_exact(&mut b).await?;
     if b[0] != byte {
         return Err(Fail::Protocol("keepalive echo returned a different byte"));
     }
     Ok(())
+}
+
+async fn ping(s: &mut TcpStream, byte: u8) -> Result<(), Fail> {
+    ping_sent(s, byte, false).await
 }
 
 pub async fn slot(ctx: &Ctx, slot: usize, stats: &Shared) {
@@ -35,8 +42,9 @@ pub async fn slot(ctx: &Ctx, slot: usize, stats: &Shared) {
         _ = ctx.stop.wait() => return,
     }
     let open = async {
-        let mut s = open_tunnel(&ctx.proxy, &ctx.dest).await?;
-        ping(&mut s, MODE_ECHO).await?;
+        // The mode byte is the first payload: SOCKS 6 carries it as initial data.
+        let (mut s, early) = open_tunnel_early(&ctx.proxy, &ctx.dest, &[MODE_ECHO]).await?;
+        ping_sent(&mut s, MODE_ECHO, early == 1).await?;
         Ok::<_, Fail>(s)
     };
     let opened = tokio::select! {

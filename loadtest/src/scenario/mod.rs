@@ -252,22 +252,28 @@ pub fn rr_request(request_size: u32, response_size: u32, close: bool) -> Vec<u8>
     req
 }
 
-/// One request/response round trip on an open tunnel.
+/// One request/response round trip on an open tunnel (`req` may be empty when the request
+/// already went out, e.g. as SOCKS 6 initial data). Returns when the first response byte
+/// arrived (`None` for an empty response).
 pub async fn round_trip(
     s: &mut TcpStream,
     req: &[u8],
     resp_len: usize,
     buf: &mut [u8],
-) -> Result<(), Fail> {
-    s.write_all(req).await?;
+) -> Result<Option<Instant>, Fail> {
+    if !req.is_empty() {
+        s.write_all(req).await?;
+    }
     let mut got = 0;
+    let mut first = None;
     while got < resp_len {
         let k = (resp_len - got).min(buf.len());
         let n = s.read(&mut buf[..k]).await?;
         if n == 0 {
             return Err(Fail::Io(std::io::ErrorKind::UnexpectedEof.into()));
         }
+        first.get_or_insert_with(Instant::now);
         got += n;
     }
-    Ok(())
+    Ok(first)
 }

@@ -6,6 +6,8 @@ use super::{bounded, round_trip, rr_request, Ctx, Shared};
 use crate::socks::open_tunnel;
 use crate::stats::{record, Live};
 
+/// SOCKS 6 tunnels are opened without initial data: the round trips are paced on their own
+/// schedule, so no request is due when a tunnel is set up.
 pub async fn slot(ctx: &Ctx, slot: usize, stats: &Shared) {
     let mut pacing = ctx.pacing(slot);
     let req = rr_request(ctx.request_size, ctx.response_size, false);
@@ -34,7 +36,7 @@ pub async fn slot(ctx: &Ctx, slot: usize, stats: &Shared) {
             };
             let measured = ctx.measured(started);
             match res {
-                Ok(()) => {
+                Ok(_) => {
                     Live::add(&ctx.live.ok, 1);
                     if measured {
                         let mut st = stats.borrow_mut();

@@ -8,7 +8,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::{Ctx, Shared};
 use crate::cli::Direction;
 use crate::error::Fail;
-use crate::socks::open_tunnel;
+use crate::socks::open_tunnel_early;
 use crate::stats::{record, Live};
 use crate::target::stream::{frame, FrameReader, TRAILER};
 use crate::target::{MODE_BOTH, MODE_DOWN, MODE_UP};
@@ -23,14 +23,21 @@ struct Counts {
 
 pub async fn slot(ctx: &Ctx, _slot: usize, stats: &Shared) {
     let t0 = Instant::now();
+    let mode = match ctx.direction {
+        Direction::Up => MODE_UP,
+        Direction::Down => MODE_DOWN,
+        Direction::Both => MODE_BOTH,
+    };
+    // The mode byte is the first payload: SOCKS 6 carries it as initial data.
+    let first = [mode];
     let opened = tokio::select! {
-        r = tokio::time::timeout(ctx.timeout, open_tunnel(&ctx.proxy, &ctx.dest)) => {
+        r = tokio::time::timeout(ctx.timeout, open_tunnel_early(&ctx.proxy, &ctx.dest, &first)) => {
             r.unwrap_or(Err(Fail::Timeout))
         }
         _ = ctx.stop.wait() => return,
     };
-    let s = match opened {
-        Ok(s) => s,
+    let (s, mode_sent) = match opened {
+        Ok((s, early)) => (s, early == 1),
         Err(f) => {
             Live::add(&ctx.live.errors, 1);
             stats.borrow_mut().fail(&f);
@@ -43,7 +50,7 @@ pub async fn slot(ctx: &Ctx, _slot: usize, stats: &Shared) {
     // The stream runs until the stop signal; after it only the end exchange remains, which
     // must finish within the timeout.
     let res = tokio::select! {
-        r = stream(ctx, s, &mut counts) => r,
+        r = stream(ctx, s, (!mode_sent).then_some(mode), &mut counts) => r,
         _ = async {
             ctx.stop.wait().await;
             tokio::time::sleep(ctx.timeout).await;
@@ -70,18 +77,21 @@ pub async fn slot(ctx: &Ctx, _slot: usize, stats: &Shared) {
     }
 }
 
-async fn stream(ctx: &Ctx, s: tokio::net::TcpStream, c: &mut Counts) -> Result<(), Fail> {
+/// Stream until the stop signal; `mode` is the mode byte still to send, if any.
+async fn stream(
+    ctx: &Ctx,
+    s: tokio::net::TcpStream,
+    mode: Option<u8>,
+    c: &mut Counts,
+) -> Result<(), Fail> {
     let (mut r, mut w) = s.into_split();
-    let mode = match ctx.direction {
-        Direction::Up => MODE_UP,
-        Direction::Down => MODE_DOWN,
-        Direction::Both => MODE_BOTH,
-    };
     let up = ctx.direction != Direction::Down;
     let live = &ctx.live;
     let writer = async {
         let mut sent = 0u64;
-        w.write_all(&[mode]).await?;
+        if let Some(m) = mode {
+            w.write_all(&[m]).await?;
+        }
         if up {
             let f = frame(ctx.chunk_size);
             let payload = (f.len() - 4) as u64;
