@@ -284,6 +284,15 @@ async fn setuid_drops_root_after_binding() {
 /// Starts ringsocks as systemd would: `listener` as descriptor 3, LISTEN_PID set to the
 /// child's own PID (by a shell that then execs), LISTEN_FDNAMES=`name`.
 fn activated(listener: &std::net::TcpListener, name: &str) -> std::process::Child {
+    activated_with(listener, name, &[])
+}
+
+/// The same with more arguments for `ringsocks serve`.
+fn activated_with(
+    listener: &std::net::TcpListener,
+    name: &str,
+    extra: &[&str],
+) -> std::process::Child {
     let fd = listener.as_raw_fd();
     let mut cmd = Command::new("/bin/sh");
     cmd.args([
@@ -297,6 +306,7 @@ fn activated(listener: &std::net::TcpListener, name: &str) -> std::process::Chil
         "--drain-timeout",
         "1s",
     ])
+    .args(extra)
     .stdin(Stdio::null())
     .stdout(Stdio::null())
     .stderr(Stdio::null());
@@ -417,3 +427,37 @@ async fn socket_activation_and_restart_keep_the_socket() {
 }
 
 use ringsocks::proto::Command as Cmd;
+
+/// Port maps are bound by ringsocks itself alongside the sockets systemd passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_activation_keeps_the_port_maps() {
+    let echo = echo_server("127.0.0.1:0").await;
+    let udp_echo = common::udp_echo("127.0.0.1:0").await;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let tcp_map = common::closed_port();
+    let udp_map = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (t, u) = (
+        format!("tcp:{tcp_map}={echo}"),
+        format!("udp:{udp_map}={udp_echo}"),
+    );
+    let child = activated_with(&listener, "socks", &["--map", &t, "--map", &u]);
+    tunnel_works(listener.local_addr().unwrap(), echo).await;
+    let s = TcpStream::connect(tcp_map).await.expect("TCP map bound");
+    assert_eq!(echo_roundtrip(s, b"mapped").await, b"mapped");
+    let c = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    c.connect(udp_map).await.unwrap();
+    let mut b = [0u8; 16];
+    let mut got = None;
+    for _ in 0..20 {
+        c.send(b"datagram").await.unwrap();
+        if let Ok(r) = tokio::time::timeout(Duration::from_millis(250), c.recv(&mut b)).await {
+            got = Some(r.unwrap());
+            break;
+        }
+    }
+    assert_eq!(&b[..got.expect("UDP map answers")], b"datagram");
+    stop(child);
+}

@@ -151,6 +151,8 @@ fn listeners(
 ) -> io::Result<Vec<Vec<worker::Listener>>> {
     let threads = config.threads;
     let mut per_worker: Vec<Vec<worker::Listener>> = (0..threads).map(|_| Vec::new()).collect();
+    let defer = defer_secs(config);
+    let mut fronts = Vec::new();
     if let Some(sockets) = activated {
         if sockets.is_empty() {
             return Err(io::Error::other(
@@ -189,18 +191,18 @@ fn listeners(
                 });
             }
         }
-        return Ok(per_worker);
+        // Port maps are not passed by systemd: they are bound here either way.
+    } else {
+        fronts = vec![
+            (config.listen.clone(), worker::Front::Socks, defer),
+            (
+                config.proxy_listen.clone(),
+                worker::Front::ProxyHeader,
+                defer,
+            ),
+            (config.tls_listen.clone(), worker::Front::Tls, defer),
+        ];
     }
-    let defer = defer_secs(config);
-    let mut fronts = vec![
-        (config.listen.clone(), worker::Front::Socks, defer),
-        (
-            config.proxy_listen.clone(),
-            worker::Front::ProxyHeader,
-            defer,
-        ),
-        (config.tls_listen.clone(), worker::Front::Tls, defer),
-    ];
     for (i, m) in config.maps.iter().enumerate() {
         let front = worker::Front::Map(i as u16);
         if m.udp {
