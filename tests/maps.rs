@@ -179,6 +179,19 @@ async fn udp_map_carries_datagrams(runtime: &str) {
         "127.0.0.1:0",
     ]);
     assert!(proxy.wait_logged(&format!("{listen}: udp port map")).await);
+    // A new flow's first datagram is not lost while its socket is fresh (each client sends
+    // once and waits).
+    for i in 0..5u8 {
+        let c = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        c.connect(listen).await.unwrap();
+        c.send(&[i; 32]).await.unwrap();
+        let mut b = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(5), c.recv(&mut b))
+            .await
+            .unwrap_or_else(|_| panic!("{runtime}: the first datagram of flow {i} was lost"))
+            .unwrap();
+        assert_eq!(&b[..n], &[i; 32]);
+    }
     // Several clients at once, each its own flow.
     let mut clients = Vec::new();
     for seed in 0..4u8 {

@@ -229,6 +229,35 @@ async fn credentials_in_the_request() {
     assert_eq!(&b, b"five");
 }
 
+/// A request with options well past the handshake buffer (a 4 KiB option of a kind the
+/// server does not know, which it must skip) is still read whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_request_is_read_whole() {
+    let echo = echo_server("127.0.0.1:0").await;
+    let proxy = Proxy::start(&[]);
+    let mut out = Vec::new();
+    let opts = RequestOptions {
+        initial_data: 4,
+        ..Default::default()
+    };
+    let target = TargetAddr::Ip(echo);
+    socks6::encode_request(Command6::Op(Command::Connect), &target, &opts, &mut out);
+    // An unknown option (kind 0xFDE9), 4096 bytes with its header; Options Length updated.
+    out.extend_from_slice(&[0xFD, 0xE9, 0x10, 0x00]);
+    out.extend_from_slice(&[0u8; 4092]);
+    let opts_len = u16::from_be_bytes([out[2], out[3]]) + 4096;
+    out[2..4].copy_from_slice(&opts_len.to_be_bytes());
+    out.extend_from_slice(b"ping");
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(&out).await.unwrap();
+    assert!(read_msg(&mut s, socks6::parse_auth_reply).await.success);
+    let op = read_msg(&mut s, socks6::parse_operation_reply).await;
+    assert_eq!(op.code, ReplyCode6::Succeeded);
+    let mut b = [0u8; 4];
+    s.read_exact(&mut b).await.unwrap();
+    assert_eq!(&b, b"ping");
+}
+
 /// A refused destination is the Operation Reply's code; the tunnel never opens.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_are_operation_replies() {

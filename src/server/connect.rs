@@ -158,19 +158,17 @@ fn start<N: Net>(addr: SocketAddr, opts: &ConnectOptions) -> io::Result<Attempt>
 /// so the answer carries the first response; an empty `data` sends a plain SYN. A refusal
 /// is returned as the connect error it is.
 pub async fn send_first<S: Stream>(s: &S, data: &[u8]) -> io::Result<()> {
-    if data.is_empty() {
-        // A zero-length send starts a deferred connect (and is a no-op on a connected socket).
-        match s.direct(Dir::Write, || send_now(s.raw_fd(), data)) {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            // The SYN is out, without data.
-            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-            Err(e) => return Err(e),
-        }
-    } else {
-        write_ready(s, data).await?;
-    }
-    retry_writable(s, || s.direct(Dir::Write, || established(s.raw_fd()))).await
+    // The first send starts a deferred connect: its SYN carries what fits of the data, or
+    // (no usable cookie: EINPROGRESS) none of it, the rest going once connected. On a
+    // connected socket it is an ordinary send.
+    let sent = match s.direct(Dir::Write, || send_now(s.raw_fd(), data)) {
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => 0,
+        Err(e) => return Err(e),
+    };
+    retry_writable(s, || s.direct(Dir::Write, || established(s.raw_fd()))).await?;
+    write_ready(s, &data[sent..]).await
 }
 
 /// Whether a connect has completed: `Ok` once it has, its error if it failed, `WouldBlock`

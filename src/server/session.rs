@@ -21,6 +21,7 @@ use super::upstream::{self, Upstream};
 use super::worker::{Front, WorkerCtx};
 use crate::auth::Check;
 use crate::proto::proxy::{self, ProxyError, ProxyHeader};
+use crate::proto::socks6;
 use crate::proto::{
     AuthPolicy, Command, Event, Handshake, ProtoError, ReplyCode, Request, TargetAddr, Version,
 };
@@ -31,6 +32,10 @@ use std::sync::Arc;
 /// Handshake buffer: the longest handshake message is a SOCKS4a request (8 + 256 + 256 bytes),
 /// and pipelined payload beyond this simply stays in the socket until the relay reads it.
 const HANDSHAKE_BUF: usize = 1024;
+
+/// The longest SOCKS 6 request: the fixed fields, a domain name (with its padding) and the
+/// largest Options field.
+const SOCKS6_REQUEST_MAX: usize = 8 + 256 + socks6::MAX_OPTIONS_LEN;
 
 /// With `--upstream-fastopen` and a deferred (Fast Open) connect, how long the SYN waits for
 /// the client's first bytes after the success reply. A protocol where the server speaks first
@@ -415,47 +420,31 @@ async fn connect_and_relay<N: Net, C: Stream>(
         ..ctx.connect
     };
     let deadline = tokio::time::Instant::now() + ctx.config.connect_timeout;
-    let connected = Box::pin(tokio::time::timeout_at(
-        deadline,
-        connect::<N>(ctx, &access.rules, target, query, &opts),
-    ))
-    .await;
+    let rules = &access.rules;
+    let mut connected =
+        connect_sending::<N>(ctx, (rules, target, query), &opts, &first, deadline).await;
+    if let Err(Failed::Deferred(_)) = connected {
+        // A deferred Fast Open connect is taken at once, untried, so Happy Eyeballs could not
+        // fall back past a dead address: the initial data was not delivered (the connect never
+        // completed), so an ordinary connect may try every address.
+        let plain = ConnectOptions {
+            fast_open: false,
+            ..opts
+        };
+        connected =
+            connect_sending::<N>(ctx, (rules, target, query), &plain, &first, deadline).await;
+    }
     let (stream, addr) = match connected {
-        Ok(Ok((stream, addr))) if !first.is_empty() => {
-            // The initial data rides in the SYN; the reply waits for the destination's answer.
-            let sent = Box::pin(tokio::time::timeout_at(
-                deadline,
-                send_first(&stream, &first),
-            ));
-            match sent.await {
-                Ok(Ok(())) => {
-                    ctx.metrics.connect_latency(connect_started.elapsed());
-                    (stream, addr)
-                }
-                Ok(Err(e)) => {
-                    stream.abort();
-                    let code = ReplyCode::from_io_error(&e);
-                    return refuse(client, hs, out, log, code, &e.to_string()).await;
-                }
-                Err(_) => {
-                    // Shut down: ends the connect, so no poll is left in flight on it.
-                    stream.abort();
-                    let code = ReplyCode::HostUnreachable;
-                    return refuse(client, hs, out, log, code, "connect timed out").await;
-                }
-            }
-        }
-        Ok(Ok(c)) => {
+        Ok(c) => {
             ctx.metrics.connect_latency(connect_started.elapsed());
             c
         }
-        Ok(Err(e)) => {
-            let code = ReplyCode::from_io_error(&e);
-            return refuse(client, hs, out, log, code, &e.to_string()).await;
-        }
-        Err(_) => {
-            let code = ReplyCode::HostUnreachable;
-            return refuse(client, hs, out, log, code, "connect timed out").await;
+        Err(Failed::Connecting(e) | Failed::Deferred(e)) => {
+            let (code, why) = match e.kind() {
+                io::ErrorKind::TimedOut => (ReplyCode::HostUnreachable, "connect timed out".into()),
+                _ => (ReplyCode::from_io_error(&e), e.to_string()),
+            };
+            return refuse(client, hs, out, log, code, &why).await;
         }
     };
     // A Fast Open connect that is still deferred: the SYN waits for the client's first bytes.
@@ -556,6 +545,58 @@ async fn tunnel<C: Stream, T: Stream>(
     }
     let _tunnel = ctx.metrics.tunnel(Command::Connect);
     run_relay(ctx, client, &target, (pending, sent_first), log, addr, tap).await;
+}
+
+/// How [`connect_sending`] failed.
+enum Failed {
+    /// Resolving, connecting or sending (or the deadline passed).
+    Connecting(io::Error),
+    /// A deferred Fast Open connect (returned before the handshake) failed once its SYN went
+    /// out: nothing reached the destination.
+    Deferred(io::Error),
+}
+
+/// Connects (within `deadline`) and, when there is initial data, sends it first and waits for
+/// the destination's answer to the connect (see [`send_first`]). A failed stream is shut
+/// down, so no operation is left in flight on it.
+async fn connect_sending<N: Net>(
+    ctx: &WorkerCtx,
+    (rules, target, query): (&Rules, &TargetAddr, &Query<'_>),
+    opts: &ConnectOptions,
+    first: &[u8],
+    deadline: tokio::time::Instant,
+) -> Result<(N::Stream, SocketAddr), Failed> {
+    let timed_out = || io::Error::from(io::ErrorKind::TimedOut);
+    let connecting =
+        tokio::time::timeout_at(deadline, connect::<N>(ctx, rules, target, query, opts));
+    let (stream, addr) = match Box::pin(connecting).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return Err(Failed::Connecting(e)),
+        Err(_) => return Err(Failed::Connecting(timed_out())),
+    };
+    if first.is_empty() {
+        return Ok((stream, addr));
+    }
+    let deferred = !stream_established(&stream);
+    match Box::pin(tokio::time::timeout_at(
+        deadline,
+        send_first(&stream, first),
+    ))
+    .await
+    {
+        Ok(Ok(())) => Ok((stream, addr)),
+        Ok(Err(e)) => {
+            stream.abort();
+            Err(match deferred {
+                true => Failed::Deferred(e),
+                false => Failed::Connecting(e),
+            })
+        }
+        Err(_) => {
+            stream.abort();
+            Err(Failed::Connecting(timed_out()))
+        }
+    }
 }
 
 /// Whether an outbound connect has completed (a deferred Fast Open one has not).
@@ -927,6 +968,11 @@ async fn handshake<S: Stream>(
                 }
                 buf.drain(..consumed);
                 consumed = 0;
+                // A SOCKS 6 request (one message) may carry up to 16 KiB of options: room
+                // for the largest, taken only by the one that needs it.
+                if buf.len() == buf.capacity() && buf.first() == Some(&socks6::VERSION) {
+                    buf.reserve(SOCKS6_REQUEST_MAX.saturating_sub(buf.len()));
+                }
                 // The bytes are usually there already (the listener defers accept until the
                 // client's first bytes arrive; later messages follow our replies at once): one
                 // non-blocking recv, and a wait through the runtime only when it finds nothing.

@@ -46,6 +46,15 @@ const WAITING: usize = 32;
 /// datagrams are dropped without another attempt (and another log line).
 const REFUSED_HOLD: Duration = Duration::from_secs(5);
 
+/// Expired refusals are swept from a worker's flow table once it holds this many entries; and
+/// beyond [`MAX_ENTRIES`] a refused sender is not remembered at all (many source ports, or
+/// spoofed sources, cannot grow the table without bound).
+const SWEEP_AT: usize = 1024;
+const MAX_ENTRIES: usize = 65536;
+
+/// Refusal lines a worker logs per second at most (the rest are counted in the next line).
+const REFUSAL_LINES: u32 = 10;
+
 /// Runs one worker's share of UDP map `map` on `sock` until the worker stops.
 pub(crate) async fn serve<N: Net>(
     ctx: Rc<WorkerCtx>,
@@ -61,6 +70,7 @@ pub(crate) async fn serve<N: Net>(
         }
     };
     let flows: Flows<N> = Rc::new(RefCell::new(HashMap::new()));
+    let lines = LogBudget::default();
     let pool = &ctx.pools.datagrams;
     while !stopping.is_set() {
         tokio::task::consume_budget().await;
@@ -72,7 +82,8 @@ pub(crate) async fn serve<N: Net>(
             }
             Ok((_, from)) => {
                 let from = SocketAddr::new(from.ip().to_canonical(), from.port());
-                from_client::<N>(&ctx, &sock, &flows, map, from, &buf);
+                let stop = &stopping;
+                from_client::<N>(&ctx, (&sock, &flows, stop, &lines), map, from, &buf);
                 pool.give(buf);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -88,11 +99,36 @@ pub(crate) async fn serve<N: Net>(
             }
         }
     }
-    // The worker stops: every flow ends now (UDP has no close to wait for).
-    for (_, entry) in flows.borrow_mut().drain() {
-        if let Entry::Open(flow) = entry {
-            flow.end();
+    // The worker stops: every flow ends now (UDP has no close to wait for); each one's task
+    // sees the stop itself, even one still opening.
+    flows.borrow_mut().clear();
+}
+
+/// At most [`REFUSAL_LINES`] refusal lines a second on one worker.
+#[derive(Default)]
+struct LogBudget {
+    second: Cell<Option<Instant>>,
+    used: Cell<u32>,
+    suppressed: Cell<u64>,
+}
+
+impl LogBudget {
+    /// Whether a line may be logged now, and how many were suppressed before it.
+    fn take(&self, now: Instant) -> Option<u64> {
+        if self
+            .second
+            .get()
+            .map_or(true, |t| now >= t + Duration::from_secs(1))
+        {
+            self.second.set(Some(now));
+            self.used.set(0);
         }
+        if self.used.get() >= REFUSAL_LINES {
+            self.suppressed.set(self.suppressed.get() + 1);
+            return None;
+        }
+        self.used.set(self.used.get() + 1);
+        Some(self.suppressed.replace(0))
     }
 }
 
@@ -117,7 +153,6 @@ struct Flow<D> {
     up: Cell<(u64, u64)>,
     down: Cell<(u64, u64)>,
     dropped: Cell<u64>,
-    stop: tokio::sync::Notify,
 }
 
 impl<D: Datagram> Flow<D> {
@@ -144,17 +179,12 @@ impl<D: Datagram> Flow<D> {
             }
         }
     }
-
-    fn end(&self) {
-        self.stop.notify_one();
-    }
 }
 
 /// One datagram from a client: to its flow, or the start of a new one.
 fn from_client<N: Net>(
     ctx: &Rc<WorkerCtx>,
-    sock: &Rc<N::Datagram>,
-    flows: &Flows<N>,
+    (sock, flows, stopping, lines): (&Rc<N::Datagram>, &Flows<N>, &Rc<Stopping>, &LogBudget),
     map: u16,
     from: SocketAddr,
     payload: &[u8],
@@ -188,17 +218,32 @@ fn from_client<N: Net>(
             .acquire(from.ip(), None)
             .map_err(|e| e.to_string()),
     };
+    let now = Instant::now();
+    if table.len() >= SWEEP_AT {
+        table.retain(|_, e| !matches!(e, Entry::Refused(until) if *until <= now));
+    }
     let permit = match permit {
         Ok(p) => p,
         Err(why) => {
-            refused_line(from, target, &why, Instant::now());
-            table.insert(from, Entry::Refused(Instant::now() + REFUSED_HOLD));
+            if let Some(suppressed) = lines.take(now) {
+                let why = match suppressed {
+                    0 => why,
+                    n => format!("{why} ({n} more refusals not logged)"),
+                };
+                refused_line(from, target, &why, now);
+            }
+            if table.len() < MAX_ENTRIES {
+                table.insert(from, Entry::Refused(now + REFUSED_HOLD));
+            } else {
+                table.remove(&from);
+            }
             return;
         }
     };
     table.insert(from, Entry::Opening(vec![payload.to_vec()]));
     drop(table);
-    let flow = run_flow::<N>(ctx.clone(), sock.clone(), flows.clone(), map, from, permit);
+    let (sock, flows, stopping) = (sock.clone(), flows.clone(), stopping.clone());
+    let flow = run_flow::<N>(ctx.clone(), (sock, flows, stopping), map, from, permit);
     tokio::task::spawn_local(flow);
 }
 
@@ -217,25 +262,31 @@ struct Opened<D, S> {
 /// logs it.
 async fn run_flow<N: Net>(
     ctx: Rc<WorkerCtx>,
-    sock: Rc<N::Datagram>,
-    flows: Flows<N>,
+    (sock, flows, stopping): (Rc<N::Datagram>, Flows<N>, Rc<Stopping>),
     map: u16,
     client: SocketAddr,
     _permit: Permit,
 ) {
     let _active = ctx.enter();
+    // Made now, so a stop from here on is seen (even while the flow opens).
+    let stop = stopping.notified();
+    tokio::pin!(stop);
     let started = Instant::now();
     let access = ctx.access();
     let target = ctx.config.maps[map as usize].target.clone();
-    let opening = tokio::time::timeout(
-        ctx.config.connect_timeout,
-        Box::pin(open::<N>(&ctx, &access, client.ip(), &target)),
-    );
-    let opened = match opening.await {
-        Ok(Ok(o)) => o,
-        Ok(Err(why)) => return refused(&flows, client, &target, &why, started),
-        Err(_) => return refused(&flows, client, &target, "connect timed out", started),
+    // Bounded within: the parent's handshake by the connect timeout (its socket shut down at
+    // the deadline, so no operation outlives it), a name's resolution likewise.
+    let opened = match Box::pin(open::<N>(&ctx, &access, client.ip(), &target)).await {
+        Ok(o) => o,
+        Err(why) => return refused(&flows, client, &target, &why, started),
     };
+    if stopping.is_set() {
+        flows.borrow_mut().remove(&client);
+        if let Some(c) = &opened.control {
+            c.shutdown(Shutdown::Both);
+        }
+        return refused_line(client, &target, "worker stopping", started);
+    }
     let _gauge = ctx.metrics.tunnel(Command::UdpAssociate);
     let flow = Rc::new(Flow {
         out: opened.out,
@@ -244,7 +295,6 @@ async fn run_flow<N: Net>(
         up: Cell::new((0, 0)),
         down: Cell::new((0, 0)),
         dropped: Cell::new(0),
-        stop: tokio::sync::Notify::new(),
     });
     let waiting = flows.borrow_mut().insert(client, Entry::Open(flow.clone()));
     if let Some(Entry::Opening(waiting)) = waiting {
@@ -263,8 +313,6 @@ async fn run_flow<N: Net>(
         }
     };
     tokio::pin!(parent_closed);
-    let stop = flow.stop.notified();
-    tokio::pin!(stop);
     let mut readable = Box::pin(flow.out.readable());
     let idle = ctx.config.udp_map_idle;
     let end = loop {
@@ -406,11 +454,11 @@ async fn open<N: Net>(
     let addr = match target {
         TargetAddr::Ip(a) => *a,
         TargetAddr::Domain(host, port) => {
-            let addrs = ctx
-                .resolver
-                .resolve(host, *port)
-                .await
-                .map_err(|e| e.to_string())?;
+            let resolving = ctx.resolver.resolve(host, *port);
+            let addrs = match tokio::time::timeout(ctx.config.connect_timeout, resolving).await {
+                Ok(r) => r.map_err(|e| e.to_string())?,
+                Err(_) => return Err(format!("{host} did not resolve in time")),
+            };
             let query = datagram_query(client, target);
             let by_name = access.rules.check(&query);
             let allowed = addrs.into_iter().find(|a| {

@@ -219,20 +219,35 @@ impl Datagram for EpollDatagram {
         self.0.as_raw_fd()
     }
 
+    // Direct syscalls, whatever tokio last saw: a fresh socket can send before the reactor has
+    // reported it writable. A WouldBlock clears the cached readiness, so the next wait is for
+    // a new event.
     fn try_recv_from(&self, buf: &mut Vec<u8>) -> io::Result<(usize, SocketAddr)> {
-        let fd = self.0.as_raw_fd();
-        self.0.try_io(Interest::READABLE, || recv_from_now(fd, buf))
+        let r = recv_from_now(self.0.as_raw_fd(), buf);
+        self.forget_on_block(&r, Interest::READABLE);
+        r
     }
 
     fn try_send_to(&self, data: &[u8], to: SocketAddr) -> io::Result<usize> {
-        let fd = self.0.as_raw_fd();
-        self.0
-            .try_io(Interest::WRITABLE, || send_to_now(fd, data, to))
+        let r = send_to_now(self.0.as_raw_fd(), data, to);
+        self.forget_on_block(&r, Interest::WRITABLE);
+        r
     }
 
     fn try_send(&self, data: &[u8]) -> io::Result<usize> {
-        let fd = self.0.as_raw_fd();
-        self.0.try_io(Interest::WRITABLE, || send_now(fd, data))
+        let r = send_now(self.0.as_raw_fd(), data);
+        self.forget_on_block(&r, Interest::WRITABLE);
+        r
+    }
+}
+
+impl EpollDatagram {
+    fn forget_on_block<T>(&self, r: &io::Result<T>, interest: Interest) {
+        if matches!(r, Err(e) if e.kind() == io::ErrorKind::WouldBlock) {
+            let _ = self
+                .0
+                .try_io(interest, || Err::<(), _>(io::ErrorKind::WouldBlock.into()));
+        }
     }
 }
 
