@@ -192,6 +192,18 @@ fn established(fd: RawFd) -> io::Result<()> {
     if err != 0 {
         return Err(io::Error::from_raw_os_error(err));
     }
+    if is_connected(fd) {
+        return Ok(());
+    }
+    match io::Error::last_os_error() {
+        e if e.raw_os_error() == Some(libc::ENOTCONN) => Err(io::ErrorKind::WouldBlock.into()),
+        e => Err(e),
+    }
+}
+
+/// Whether the socket has a peer: its connect completed (a deferred Fast Open one, or one
+/// under way, has not). On `false`, errno says why (ENOTCONN while connecting).
+pub fn is_connected(fd: RawFd) -> bool {
     let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
     // Safety: a live descriptor and a sockaddr_storage-sized out parameter.
@@ -202,13 +214,7 @@ fn established(fd: RawFd) -> io::Result<()> {
             &mut len,
         )
     };
-    match r {
-        0 => Ok(()),
-        _ => match io::Error::last_os_error() {
-            e if e.raw_os_error() == Some(libc::ENOTCONN) => Err(io::ErrorKind::WouldBlock.into()),
-            e => Err(e),
-        },
-    }
+    r == 0
 }
 
 /// A TCP socket for `addr` with TCP_NODELAY, bound to the egress address if one is set (same

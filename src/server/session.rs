@@ -11,7 +11,7 @@ use tracing::{debug, info, warn};
 use super::access::Access;
 use super::bandwidth::UserBandwidth;
 use super::bind;
-use super::connect::{happy_eyeballs, send_first, ConnectOptions};
+use super::connect::{happy_eyeballs, is_connected, send_first, ConnectOptions};
 use super::metrics::WorkerMetrics;
 use super::net::{send_all, Net, Stream};
 use super::relay::{relay, Meter, Side};
@@ -448,7 +448,7 @@ async fn connect_and_relay<N: Net, C: Stream>(
         }
     };
     // A Fast Open connect that is still deferred: the SYN waits for the client's first bytes.
-    let deferred = first.is_empty() && opts.fast_open && !stream_established(&stream);
+    let deferred = first.is_empty() && opts.fast_open && !is_connected(stream.raw_fd());
     // A SOCKS 6 client that asked for Fast Open on the proxy-server leg is told when its
     // initial data went in the SYN.
     let fast_open =
@@ -577,7 +577,7 @@ async fn connect_sending<N: Net>(
     if first.is_empty() {
         return Ok((stream, addr));
     }
-    let deferred = !stream_established(&stream);
+    let deferred = !is_connected(stream.raw_fd());
     match Box::pin(tokio::time::timeout_at(
         deadline,
         send_first(&stream, first),
@@ -597,22 +597,6 @@ async fn connect_sending<N: Net>(
             Err(Failed::Connecting(timed_out()))
         }
     }
-}
-
-/// Whether an outbound connect has completed (a deferred Fast Open one has not).
-fn stream_established<S: Stream>(s: &S) -> bool {
-    let fd = s.raw_fd();
-    let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    // Safety: a live descriptor and a sockaddr_storage-sized out parameter.
-    let r = unsafe {
-        libc::getpeername(
-            fd,
-            &mut addr as *mut libc::sockaddr_storage as *mut libc::sockaddr,
-            &mut len,
-        )
-    };
-    r == 0
 }
 
 /// Whether the data a connection's SYN carried was acknowledged (TCPI_OPT_SYN_DATA).
@@ -710,6 +694,20 @@ async fn proxy_header<S: Stream>(
 
 /// A handshake read's outcome: end of stream or a reset is the client closing; anything else
 /// failing is an I/O error.
+/// Reads more of the handshake into the spare capacity of `buf`: one non-blocking recv, and a
+/// wait through the runtime only when it finds nothing.
+async fn read_more<S: Stream>(client: &S, mut buf: Vec<u8>) -> (Result<(), SessionError>, Vec<u8>) {
+    let r = match client.try_read(&mut buf) {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            let (r, b) = client.read(buf).await;
+            buf = b;
+            r
+        }
+        r => r,
+    };
+    (read_some(r), buf)
+}
+
 fn read_some(r: io::Result<usize>) -> Result<(), SessionError> {
     match r {
         Ok(0) => Err(SessionError::ClientClosed),
@@ -894,15 +892,9 @@ async fn handshake<S: Stream>(
                 let want = consumed + request.initial_data as usize;
                 while buf.len() < want {
                     buf.reserve(want - buf.len());
-                    let r = match client.try_read(&mut buf) {
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            let (r, b) = client.read(buf).await;
-                            buf = b;
-                            r
-                        }
-                        r => r,
-                    };
-                    read_some(r)?;
+                    let (r, b) = read_more(client, buf).await;
+                    buf = b;
+                    r?;
                 }
                 return Ok(Handshaken {
                     hs,
@@ -974,17 +966,10 @@ async fn handshake<S: Stream>(
                     buf.reserve(SOCKS6_REQUEST_MAX.saturating_sub(buf.len()));
                 }
                 // The bytes are usually there already (the listener defers accept until the
-                // client's first bytes arrive; later messages follow our replies at once): one
-                // non-blocking recv, and a wait through the runtime only when it finds nothing.
-                let r = match client.try_read(&mut buf) {
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        let (r, b) = client.read(buf).await;
-                        buf = b;
-                        r
-                    }
-                    r => r,
-                };
-                read_some(r)?;
+                // client's first bytes arrive; later messages follow our replies at once).
+                let (r, b) = read_more(client, buf).await;
+                buf = b;
+                r?;
             }
         }
     }
