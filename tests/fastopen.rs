@@ -9,73 +9,34 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{closed_port, socks5_connect, Proxy};
+use common::{
+    closed_port, fastopen_both_ways, fastopen_listener, socks5_connect, syn_carried_data, Proxy,
+};
 use ringsocks::proto::{ReplyCode, TargetAddr};
 use socket2::{Domain, Socket, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// Whether this network namespace lets loopback connections use Fast Open both ways.
-fn fastopen_both_ways() -> bool {
-    let v = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_fastopen").unwrap_or_default();
-    v.trim().parse::<u32>().map(|v| v & 3 == 3).unwrap_or(false)
-}
 
 fn required() -> bool {
     std::env::var("RINGSOCKS_TEST_REQUIRE_TFO").is_ok_and(|v| v == "1")
 }
 
-/// Whether an accepted connection's SYN carried data (TCPI_OPT_SYN_DATA in tcp_info).
-fn syn_carried_data(s: &std::net::TcpStream) -> bool {
-    let mut info = [0u8; 232];
-    let mut len = info.len() as libc::socklen_t;
-    // Safety: a live descriptor and a buffer of `len` bytes.
-    let r = unsafe {
-        libc::getsockopt(
-            s.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            info.as_mut_ptr() as *mut libc::c_void,
-            &mut len,
-        )
-    };
-    assert_eq!(r, 0, "TCP_INFO");
-    // struct tcp_info: state, ca_state, retransmits, probes, backoff, options.
-    info[5] & 0x20 != 0
-}
-
 /// A destination that accepts Fast Open: it answers each line with `pong:` and the line (or,
 /// when `banner` is set, speaks first), and counts the connections whose SYN carried data.
 fn destination(banner: bool) -> (SocketAddr, Arc<AtomicUsize>) {
-    let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    sock.set_reuse_address(true).unwrap();
-    sock.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
-        .unwrap();
-    let qlen: libc::c_int = 64;
-    // Safety: a live descriptor and an int.
-    unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_FASTOPEN,
-            &qlen as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
-    sock.listen(64).unwrap();
-    let l: TcpListener = sock.into();
+    let l = fastopen_listener();
     let addr = l.local_addr().unwrap();
     let with_data = Arc::new(AtomicUsize::new(0));
     let count = with_data.clone();
     std::thread::spawn(move || {
         for s in l.incoming() {
             let Ok(mut s) = s else { return };
-            if syn_carried_data(&s) {
+            if syn_carried_data(s.as_raw_fd()) {
                 count.fetch_add(1, Ordering::SeqCst);
             }
             std::thread::spawn(move || {
@@ -221,7 +182,7 @@ fn fast_open_client(proxy: SocketAddr, dest: SocketAddr) -> bool {
     let mut got = Vec::new();
     s.read_to_end(&mut got).unwrap();
     assert_eq!(got, b"pong:ping\n");
-    syn_carried_data(&s)
+    syn_carried_data(s.as_raw_fd())
 }
 
 /// `--listen-fastopen`: a client's greeting and request may ride in its SYN.

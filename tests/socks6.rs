@@ -8,7 +8,10 @@ use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use common::{closed_port, echo_server, temp_file, Proxy};
+use common::{
+    closed_port, echo_server, fastopen_both_ways, fastopen_listener, syn_carried_data, temp_file,
+    Proxy,
+};
 use ringsocks::proto::socks6::{
     self, AuthReply, Command6, OperationReply, ReplyCode6, RequestOptions,
 };
@@ -64,40 +67,14 @@ async fn connect6(
 /// A destination that answers each connection's first bytes with `got:` and those bytes,
 /// and reports whether they came in the SYN (TCP Fast Open).
 async fn first_bytes_destination() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<bool>) {
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
-        .unwrap();
-    let qlen: libc::c_int = 64;
-    // Safety: a live descriptor and an int.
-    unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_FASTOPEN,
-            &qlen as *const libc::c_int as *const libc::c_void,
-            4,
-        );
-    }
-    sock.listen(64).unwrap();
+    let sock = fastopen_listener();
     sock.set_nonblocking(true).unwrap();
-    let l = TcpListener::from_std(sock.into()).unwrap();
+    let l = TcpListener::from_std(sock).unwrap();
     let addr = l.local_addr().unwrap();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Ok((mut s, _)) = l.accept().await {
-            let mut info = [0u8; 8];
-            let mut len = 8 as libc::socklen_t;
-            // Safety: a live descriptor and an 8-byte buffer.
-            unsafe {
-                libc::getsockopt(
-                    s.as_raw_fd(),
-                    libc::IPPROTO_TCP,
-                    libc::TCP_INFO,
-                    info.as_mut_ptr() as *mut libc::c_void,
-                    &mut len,
-                )
-            };
-            let _ = tx.send(info[5] & 0x20 != 0);
+            let _ = tx.send(syn_carried_data(s.as_raw_fd()));
             tokio::spawn(async move {
                 let mut b = vec![0u8; 65536];
                 let n = s.read(&mut b).await.unwrap_or(0);
@@ -108,11 +85,6 @@ async fn first_bytes_destination() -> (SocketAddr, tokio::sync::mpsc::UnboundedR
         }
     });
     (addr, rx)
-}
-
-fn fastopen_both_ways() -> bool {
-    let v = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_fastopen").unwrap_or_default();
-    v.trim().parse::<u32>().map(|v| v & 3 == 3).unwrap_or(false)
 }
 
 async fn initial_data_reaches_the_destination(runtime: &str) {

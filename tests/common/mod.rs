@@ -459,3 +459,53 @@ pub async fn recv_all<R: AsyncReadExt + Unpin>(r: &mut R) -> (u64, [u8; 32]) {
         n_total += n as u64;
     }
 }
+
+/// Whether this network namespace lets loopback connections use TCP Fast Open both ways
+/// (`net.ipv4.tcp_fastopen` has bits 1 and 2).
+pub fn fastopen_both_ways() -> bool {
+    let v = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_fastopen").unwrap_or_default();
+    v.trim().parse::<u32>().map(|v| v & 3 == 3).unwrap_or(false)
+}
+
+/// A blocking listener on 127.0.0.1 that accepts TCP Fast Open (TCP_FASTOPEN, queue 64).
+pub fn fastopen_listener() -> std::net::TcpListener {
+    use std::os::fd::AsRawFd;
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_reuse_address(true).unwrap();
+    sock.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    let qlen: libc::c_int = 64;
+    // Safety: a live descriptor and an int.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_FASTOPEN,
+            &qlen as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(r, 0, "TCP_FASTOPEN");
+    sock.listen(64).unwrap();
+    sock.into()
+}
+
+/// Whether a connection's SYN carried data that was taken (TCPI_OPT_SYN_DATA in tcp_info): on
+/// an accepted socket, the client's SYN; on a connected one, its own.
+pub fn syn_carried_data(fd: std::os::fd::RawFd) -> bool {
+    let mut info = [0u8; 8];
+    let mut len = info.len() as libc::socklen_t;
+    // Safety: a live descriptor and a buffer of `len` bytes (the kernel copies at most that).
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr() as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    assert_eq!(r, 0, "TCP_INFO");
+    // struct tcp_info: state, ca_state, retransmits, probes, backoff, options.
+    info[5] & 0x20 != 0
+}
