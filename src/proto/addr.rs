@@ -105,7 +105,14 @@ impl TargetAddr {
 /// Appends a SOCKS5 address field for a socket address. An IPv4-mapped IPv6 address is written
 /// as IPv4, which is what a client of a dual-stack listener expects to see.
 pub fn encode_socket_addr(a: &SocketAddr, out: &mut Vec<u8>) {
-    match a.ip() {
+    encode_ip(a.ip(), out);
+    out.extend_from_slice(&a.port().to_be_bytes());
+}
+
+/// Appends an address type and an IP address (the layout SOCKS5 and SOCKS 6 share), an
+/// IPv4-mapped IPv6 address as IPv4.
+pub(super) fn encode_ip(ip: IpAddr, out: &mut Vec<u8>) {
+    match ip {
         IpAddr::V4(ip) => {
             out.push(ATYP_IPV4);
             out.extend_from_slice(&ip.octets());
@@ -121,7 +128,6 @@ pub fn encode_socket_addr(a: &SocketAddr, out: &mut Vec<u8>) {
             }
         },
     }
-    out.extend_from_slice(&a.port().to_be_bytes());
 }
 
 /// Validates a domain name from the wire: printable ASCII without spaces or NULs. A name that

@@ -27,7 +27,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use super::addr::{domain, TargetAddr, ATYP_DOMAIN, ATYP_IPV4, ATYP_IPV6};
+use super::addr::{domain, encode_ip, TargetAddr, ATYP_DOMAIN, ATYP_IPV4, ATYP_IPV6};
 use super::socks5::Methods;
 use super::{rfc1929, Command, Parsed, ProtoError, ReplyCode};
 
@@ -589,22 +589,7 @@ fn encode_address(target: &TargetAddr, out: &mut Vec<u8>) {
     out.extend_from_slice(&target.port().to_be_bytes());
     out.push(0);
     match target {
-        TargetAddr::Ip(a) => match a.ip() {
-            IpAddr::V4(ip) => {
-                out.push(ATYP_IPV4);
-                out.extend_from_slice(&ip.octets());
-            }
-            IpAddr::V6(ip) => match ip.to_ipv4_mapped() {
-                Some(v4) => {
-                    out.push(ATYP_IPV4);
-                    out.extend_from_slice(&v4.octets());
-                }
-                None => {
-                    out.push(ATYP_IPV6);
-                    out.extend_from_slice(&ip.octets());
-                }
-            },
-        },
+        TargetAddr::Ip(a) => encode_ip(a.ip(), out),
         TargetAddr::Domain(d, _) => {
             let d = &d.as_bytes()[..d.len().min(255)];
             out.push(ATYP_DOMAIN);
