@@ -333,17 +333,24 @@ fn push_len_prefixed(buf: &mut Vec<u8>, field: &[u8]) -> Result<(), Fail> {
     Ok(())
 }
 
-/// Encode a SOCKS5 address (ATYP, address, port).
-pub fn encode_socks5_addr(buf: &mut Vec<u8>, dest: &Dest) -> Result<(), Fail> {
-    match dest {
-        Dest::Addr(SocketAddr::V4(a)) => {
+/// ATYP and address of an IP destination (the same in SOCKS5 and SOCKS6).
+fn push_ip(buf: &mut Vec<u8>, a: &SocketAddr) {
+    match a {
+        SocketAddr::V4(a) => {
             buf.push(1);
             buf.extend_from_slice(&a.ip().octets());
         }
-        Dest::Addr(SocketAddr::V6(a)) => {
+        SocketAddr::V6(a) => {
             buf.push(4);
             buf.extend_from_slice(&a.ip().octets());
         }
+    }
+}
+
+/// Encode a SOCKS5 address (ATYP, address, port).
+pub fn encode_socks5_addr(buf: &mut Vec<u8>, dest: &Dest) -> Result<(), Fail> {
+    match dest {
+        Dest::Addr(a) => push_ip(buf, a),
         Dest::Name(h, _) => {
             buf.push(3);
             push_len_prefixed(buf, h.as_bytes())?;
@@ -469,14 +476,7 @@ pub fn encode_socks6_request(
     buf.extend_from_slice(&dest.port().to_be_bytes());
     buf.push(0);
     match dest {
-        Dest::Addr(SocketAddr::V4(a)) => {
-            buf.push(1);
-            buf.extend_from_slice(&a.ip().octets());
-        }
-        Dest::Addr(SocketAddr::V6(a)) => {
-            buf.push(4);
-            buf.extend_from_slice(&a.ip().octets());
-        }
+        Dest::Addr(a) => push_ip(buf, a),
         Dest::Name(h, _) => {
             buf.push(3);
             let start = buf.len();
