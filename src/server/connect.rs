@@ -217,6 +217,25 @@ pub fn is_connected(fd: RawFd) -> bool {
     r == 0
 }
 
+/// Whether the data a connection's SYN carried was acknowledged (TCPI_OPT_SYN_DATA): it went
+/// by TCP Fast Open.
+pub fn syn_data_acked(fd: RawFd) -> bool {
+    let mut info = [0u8; 8];
+    let mut len = info.len() as libc::socklen_t;
+    // Safety: a live descriptor and a buffer of `len` bytes (the kernel copies at most that).
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr() as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    // struct tcp_info: state, ca_state, retransmits, probes, backoff, options.
+    r == 0 && len >= 6 && info[5] & 0x20 != 0
+}
+
 /// A TCP socket for `addr` with TCP_NODELAY, bound to the egress address if one is set (same
 /// family only).
 fn socket(addr: SocketAddr, opts: &ConnectOptions, nonblocking: bool) -> io::Result<Socket> {

@@ -11,7 +11,7 @@ use tracing::{debug, info, warn};
 use super::access::Access;
 use super::bandwidth::UserBandwidth;
 use super::bind;
-use super::connect::{happy_eyeballs, is_connected, send_first, ConnectOptions};
+use super::connect::{happy_eyeballs, is_connected, send_first, syn_data_acked, ConnectOptions};
 use super::metrics::WorkerMetrics;
 use super::net::{send_all, Net, Stream};
 use super::relay::{relay, Meter, Side};
@@ -452,7 +452,7 @@ async fn connect_and_relay<N: Net, C: Stream>(
     // A SOCKS 6 client that asked for Fast Open on the proxy-server leg is told when its
     // initial data went in the SYN.
     let fast_open =
-        (log.request.fast_open && syn_data_acked(&stream)).then_some(first.len() as u16);
+        (log.request.fast_open && syn_data_acked(stream.raw_fd())).then_some(first.len() as u16);
     let opened = Tunnel {
         hs,
         out,
@@ -599,24 +599,6 @@ async fn connect_sending<N: Net>(
     }
 }
 
-/// Whether the data a connection's SYN carried was acknowledged (TCPI_OPT_SYN_DATA).
-fn syn_data_acked<S: Stream>(s: &S) -> bool {
-    let mut info = [0u8; 8];
-    let mut len = info.len() as libc::socklen_t;
-    // Safety: a live descriptor and a buffer of `len` bytes (the kernel copies at most that).
-    let r = unsafe {
-        libc::getsockopt(
-            s.raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            info.as_mut_ptr() as *mut libc::c_void,
-            &mut len,
-        )
-    };
-    // struct tcp_info: state, ca_state, retransmits, probes, backoff, options.
-    r == 0 && len >= 6 && info[5] & 0x20 != 0
-}
-
 /// `--upstream-fastopen` after the reply: waits (briefly) for the client's first bytes and
 /// sends them in the deferred connect's SYN, then waits for the destination's answer, so a
 /// refusal ends the tunnel before any relaying. An error is the connect's.
@@ -692,8 +674,6 @@ async fn proxy_header<S: Stream>(
     }
 }
 
-/// A handshake read's outcome: end of stream or a reset is the client closing; anything else
-/// failing is an I/O error.
 /// Reads more of the handshake into the spare capacity of `buf`: one non-blocking recv, and a
 /// wait through the runtime only when it finds nothing.
 async fn read_more<S: Stream>(client: &S, mut buf: Vec<u8>) -> (Result<(), SessionError>, Vec<u8>) {
@@ -708,6 +688,8 @@ async fn read_more<S: Stream>(client: &S, mut buf: Vec<u8>) -> (Result<(), Sessi
     (read_some(r), buf)
 }
 
+/// A handshake read's outcome: end of stream or a reset is the client closing; anything else
+/// failing is an I/O error.
 fn read_some(r: io::Result<usize>) -> Result<(), SessionError> {
     match r {
         Ok(0) => Err(SessionError::ClientClosed),
