@@ -7,7 +7,7 @@
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Shutdown, SocketAddr};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::Poll;
@@ -16,7 +16,8 @@ use std::time::Duration;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use super::net::{
-    retry_writable, send_now, setsockopt_int, shutdown_fd, write_ready, Dir, Net, Stream,
+    established, retry_writable, send_now, setsockopt_int, shutdown_fd, write_ready, Dir, Net,
+    Stream,
 };
 
 /// How to connect.
@@ -169,71 +170,6 @@ pub async fn send_first<S: Stream>(s: &S, data: &[u8]) -> io::Result<()> {
     };
     retry_writable(s, || s.direct(Dir::Write, || established(s.raw_fd()))).await?;
     write_ready(s, &data[sent..]).await
-}
-
-/// Whether a connect has completed: `Ok` once it has, its error if it failed, `WouldBlock`
-/// while the handshake is under way.
-fn established(fd: RawFd) -> io::Result<()> {
-    let mut err: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // Safety: a live descriptor and an int-sized out parameter.
-    let r = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_ERROR,
-            &mut err as *mut libc::c_int as *mut libc::c_void,
-            &mut len,
-        )
-    };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if err != 0 {
-        return Err(io::Error::from_raw_os_error(err));
-    }
-    if is_connected(fd) {
-        return Ok(());
-    }
-    match io::Error::last_os_error() {
-        e if e.raw_os_error() == Some(libc::ENOTCONN) => Err(io::ErrorKind::WouldBlock.into()),
-        e => Err(e),
-    }
-}
-
-/// Whether the socket has a peer: its connect completed (a deferred Fast Open one, or one
-/// under way, has not). On `false`, errno says why (ENOTCONN while connecting).
-pub fn is_connected(fd: RawFd) -> bool {
-    let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    // Safety: a live descriptor and a sockaddr_storage-sized out parameter.
-    let r = unsafe {
-        libc::getpeername(
-            fd,
-            &mut addr as *mut libc::sockaddr_storage as *mut libc::sockaddr,
-            &mut len,
-        )
-    };
-    r == 0
-}
-
-/// Whether the data a connection's SYN carried was acknowledged (TCPI_OPT_SYN_DATA): it went
-/// by TCP Fast Open.
-pub fn syn_data_acked(fd: RawFd) -> bool {
-    let mut info = [0u8; 8];
-    let mut len = info.len() as libc::socklen_t;
-    // Safety: a live descriptor and a buffer of `len` bytes (the kernel copies at most that).
-    let r = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            info.as_mut_ptr() as *mut libc::c_void,
-            &mut len,
-        )
-    };
-    // struct tcp_info: state, ca_state, retransmits, probes, backoff, options.
-    r == 0 && len >= 6 && info[5] & 0x20 != 0
 }
 
 /// A TCP socket for `addr` with TCP_NODELAY, bound to the egress address if one is set (same

@@ -11,8 +11,8 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
 use super::{
-    recv_from_now, recv_now, send_now, send_to_now, shutdown_fd, splice_now, Datagram, Dir, Net,
-    Readable, Stream,
+    established, recv_from_now, recv_now, send_now, send_to_now, shutdown_fd, splice_now, Datagram,
+    Dir, Net, Readable, Stream,
 };
 use crate::server::pool::Pipe;
 
@@ -180,13 +180,9 @@ impl Net for Epoll {
             .map_err(io::Error::from)?;
         loop {
             let mut ready = fd.writable().await?;
-            if let Some(e) = sock.take_error()? {
-                return Err(e);
-            }
-            match sock.peer_addr() {
-                Ok(_) => return Ok(()),
-                Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => ready.clear_ready(),
-                Err(e) => return Err(e),
+            match established(sock.as_raw_fd()) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => ready.clear_ready(),
+                r => return r,
             }
         }
     }

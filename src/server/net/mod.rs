@@ -350,6 +350,50 @@ pub(crate) fn shutdown_fd(fd: RawFd, how: Shutdown) {
     }
 }
 
+/// Whether a connect on `fd` has completed: `Ok` once it has, its error (SO_ERROR) if it
+/// failed, `WouldBlock` while the handshake is under way (or a Fast Open connect is deferred).
+pub(crate) fn established(fd: RawFd) -> io::Result<()> {
+    // Safety: callers pass the descriptor of a socket they hold, so it stays open for the
+    // duration of this borrow.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let sock = socket2::SockRef::from(&fd);
+    if let Some(e) = sock.take_error()? {
+        return Err(e);
+    }
+    match sock.peer_addr() {
+        Ok(_) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => Err(io::ErrorKind::WouldBlock.into()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether the socket has a peer: its connect completed (a deferred Fast Open one, or one
+/// under way, has not).
+pub(crate) fn is_connected(fd: RawFd) -> bool {
+    // Safety: as for `established`.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    socket2::SockRef::from(&fd).peer_addr().is_ok()
+}
+
+/// Whether the data a connection's SYN carried was acknowledged (TCPI_OPT_SYN_DATA): it went
+/// by TCP Fast Open.
+pub(crate) fn syn_data_acked(fd: RawFd) -> bool {
+    let mut info = [0u8; 8];
+    let mut len = info.len() as libc::socklen_t;
+    // Safety: a live descriptor and a buffer of `len` bytes (the kernel copies at most that).
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr() as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    // struct tcp_info: state, ca_state, retransmits, probes, backoff, options.
+    r == 0 && len >= 6 && info[5] & 0x20 != 0
+}
+
 /// `getsockname(2)` on a descriptor owned by a live stream.
 pub(crate) fn local_addr_of(fd: RawFd) -> io::Result<SocketAddr> {
     // Safety: callers pass the descriptor of a stream they hold, so it stays open for the
